@@ -1,0 +1,2 @@
+"""fourm: any-to-any multimodal masked modeling in PyTorch."""
+__version__ = "0.1.0"
