@@ -1,0 +1,362 @@
+"""Compatibility with the 4M reference (apple/ml-4m): checkpoints, configs and mod_dicts.
+
+FourM keeps the reference's state-dict names (``encoder_embeddings.tok_rgb@224.token_emb.weight``,
+``decoder.0.cross_attn.kv.weight``, zero LayerNorm ``bias`` buffers, (1, 512, D) sequence position
+buffers, the shared ``mod_emb`` listed under both embeddings), so loading is a strict key-for-key
+copy. Everything about the reference's inverted masks (True = ignored) lives here.
+
+    model = load_ml4m("path/to/4M-7_B_CC12M")            # config.json + model.safetensors
+    out = run_ml4m(model, mod_dict, 128, 128)             # reference-format masks
+    save_ml4m(model, "out/dir")                           # back to the reference layout
+
+Command line::
+
+    python -m fourm.compat.ml4m check ../shared/fixtures/ml4m/small   # compare with recorded outputs
+    python -m fourm.compat.ml4m shapes ../shared/fixtures/ml4m/released_shapes/4m7_b.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from fourm.modalities import ModalitySpec, ml4m_modalities
+from fourm.models.config import MODEL_SIZES, FourMConfig
+from fourm.models.fourm import FourM, FourMOutput, _atomic_write, unalias_state_dict
+
+REFERENCE_POS_ROWS = 512  # the reference's max_sincos_pos_emb; sequence pos buffers keep all rows
+# Keys of the reference's FM(config) dict. Settings that only matter for training are accepted
+# and ignored (drop path, activation checkpointing); unsupported ones raise.
+_KNOWN_KEYS = {
+    "domains_in", "domains_out", "image_size", "patch_size", "norm_bias", "act_layer", "dim",
+    "encoder_depth", "decoder_depth", "num_heads", "mlp_ratio", "qkv_bias", "proj_bias", "mlp_bias",
+    "drop_path_rate_encoder", "drop_path_rate_decoder", "shared_drop_path", "gated_mlp", "qk_norm",
+    "decoder_causal_mask", "decoder_sep_mask", "num_register_tokens", "use_act_checkpoint",
+    "share_modality_embeddings",
+}
+_REQUIRED_KEYS = ("domains_in", "domains_out", "dim", "encoder_depth", "decoder_depth", "num_heads")
+_SIZE_OF_RELEASE = {"B": "base", "L": "large", "XL": "xlarge"}
+
+
+# ---------------------------------------------------------------------------- configs
+def reference_spec(name: str, vocab_override: Mapping[str, int] | None = None) -> ModalitySpec:
+    """The ModalitySpec of a reference domain name (4M-7 and 4M-21 names, ``@448`` variants)."""
+    known = ml4m_modalities("4m21")
+    base = name.replace("@448", "@224")
+    if base not in known:
+        raise ValueError(f"reference domain {name!r} is not supported; supported: {', '.join(known.names())} "
+                         f"(and their @448 variants); t5_caption (precomputed T5 embeddings) is not")
+    spec = known[base]
+    changes = spec.to_dict()
+    changes["name"] = name
+    if name != base:
+        changes["grid"] = [2 * g for g in spec.grid]
+    if vocab_override and name in vocab_override:
+        changes["vocab_size"] = int(vocab_override[name])
+    return ModalitySpec.from_dict(changes)
+
+
+def config_from_ml4m(cfg: Mapping) -> FourMConfig:
+    """FourMConfig from a reference config: the released ``config.json`` (the FM(config) dict,
+    optionally with ``vocab_override``) or a fixture config (``fm_config`` + ``vocab_override``)."""
+    fm = dict(cfg["fm_config"]) if "fm_config" in cfg else {k: v for k, v in cfg.items() if k != "vocab_override"}
+    vocab_override = cfg.get("vocab_override") or {}
+    unknown = sorted(set(fm) - _KNOWN_KEYS)
+    if unknown:
+        raise ValueError(f"reference config: unknown keys {unknown}; known: {sorted(_KNOWN_KEYS)}")
+    missing = [k for k in _REQUIRED_KEYS if k not in fm]
+    if missing:
+        raise ValueError(f"reference config: missing keys {missing}")
+    if fm.get("num_register_tokens", 0):
+        raise ValueError(f"num_register_tokens={fm['num_register_tokens']}: register tokens are not supported; use 0")
+    if fm.get("decoder_causal_mask", False):
+        raise ValueError("decoder_causal_mask=true is not supported (no released model uses it); use false")
+    if not fm.get("decoder_sep_mask", True):
+        raise ValueError("decoder_sep_mask=false is not supported (no released model uses it); use true")
+    act = str(fm.get("act_layer", "GELU")).lower()
+    if act not in ("silu", "gelu"):
+        raise ValueError(f"act_layer={fm.get('act_layer')!r}; supported: 'SiLU', 'GELU'")
+    for key in ("drop_path_rate_encoder", "drop_path_rate_decoder"):
+        if fm.get(key, 0.0):
+            warnings.warn(f"{key}={fm[key]} is ignored (fourm has no stochastic depth)", stacklevel=2)
+    din, dout = list(fm["domains_in"]), list(fm["domains_out"])
+    unknown_vocab = sorted(set(vocab_override) - set(din) - set(dout))
+    if unknown_vocab:
+        raise ValueError(f"vocab_override names modalities {unknown_vocab} that are not in domains_in/domains_out")
+    specs = []
+    for name in din + [d for d in dout if d not in din]:
+        spec = reference_spec(name, vocab_override)
+        is_in, is_out = name in din, name in dout and spec.kind != "pixels"
+        specs.append(ModalitySpec.from_dict({**spec.to_dict(), "encoder": is_in, "decoder": is_out}))
+    return FourMConfig(
+        modalities=tuple(specs), dim=int(fm["dim"]), encoder_depth=int(fm["encoder_depth"]),
+        decoder_depth=int(fm["decoder_depth"]), num_heads=int(fm["num_heads"]),
+        mlp_ratio=float(fm.get("mlp_ratio", 4.0)), gated_mlp=bool(fm.get("gated_mlp", False)), act_layer=act,
+        qkv_bias=bool(fm.get("qkv_bias", True)), proj_bias=bool(fm.get("proj_bias", True)),
+        mlp_bias=bool(fm.get("mlp_bias", True)), norm_bias=bool(fm.get("norm_bias", True)), norm_eps=1e-6,
+        qk_norm=bool(fm.get("qk_norm", False)),
+        share_modality_embeddings=bool(fm.get("share_modality_embeddings", True)),
+        seq_pos_len=REFERENCE_POS_ROWS, init_std=0.02)
+
+
+def config_to_ml4m(config: FourMConfig) -> dict:
+    """The reference's FM(config) dict for ``config`` (+ ``vocab_override`` when a vocabulary
+    differs from the released one)."""
+    released = ml4m_modalities("4m21")
+    if config.seq_pos_len != REFERENCE_POS_ROWS or config.norm_eps != 1e-6:
+        raise ValueError(f"config is not reference-compatible: seq_pos_len={config.seq_pos_len} (needs "
+                         f"{REFERENCE_POS_ROWS}), norm_eps={config.norm_eps} (needs 1e-6)")
+    out = {
+        "domains_in": [m.name for m in config.modalities if m.encoder],
+        "domains_out": [m.name for m in config.modalities if m.decoder],
+        "image_size": 224, "patch_size": 16, "norm_bias": config.norm_bias,
+        "act_layer": {"silu": "SiLU", "gelu": "GELU"}[config.act_layer], "dim": config.dim,
+        "encoder_depth": config.encoder_depth, "decoder_depth": config.decoder_depth,
+        "num_heads": config.num_heads, "mlp_ratio": config.mlp_ratio, "qkv_bias": config.qkv_bias,
+        "proj_bias": config.proj_bias, "mlp_bias": config.mlp_bias, "drop_path_rate_encoder": 0.0,
+        "drop_path_rate_decoder": 0.0, "shared_drop_path": False, "gated_mlp": config.gated_mlp,
+        "qk_norm": config.qk_norm, "decoder_causal_mask": False, "decoder_sep_mask": True,
+        "num_register_tokens": 0, "use_act_checkpoint": False,
+        "share_modality_embeddings": config.share_modality_embeddings,
+    }
+    vocab = {}
+    for m in config.modalities:
+        ref = reference_spec(m.name)  # raises for names the reference does not know
+        if m.vocab_size != ref.vocab_size:
+            vocab[m.name] = m.vocab_size
+    if vocab:
+        out["vocab_override"] = vocab
+    return out
+
+
+def released_config(size: str, family: str = "4m7") -> dict:
+    """The FM(config) dict of a released model: size ``"B"``, ``"L"`` or ``"XL"``."""
+    if size not in _SIZE_OF_RELEASE:
+        raise ValueError(f"size={size!r}; allowed: {', '.join(_SIZE_OF_RELEASE)}")
+    mods = ml4m_modalities(family)
+    cfg = FourMConfig.from_size(_SIZE_OF_RELEASE[size], mods, seq_pos_len=REFERENCE_POS_ROWS)
+    out = config_to_ml4m(cfg)
+    # the reference lists the domains as 4M-7 does (rgb, tok_*, caption, det)
+    if family == "4m7":
+        out["domains_in"] = ["rgb@224", "tok_rgb@224", "tok_depth@224", "tok_semseg@224", "tok_normal@224",
+                             "tok_clip@224", "caption", "det"]
+        out["domains_out"] = out["domains_in"][1:]
+    return out
+
+
+def build_on_meta(cfg: Mapping) -> FourM:
+    """FourM for a reference config on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        return FourM(config_from_ml4m(cfg))
+
+
+def state_dict_layout(model: FourM) -> list[dict]:
+    """``[{key, shape, dtype, kind}]`` of the model's state dict (kind: parameter / buffer)."""
+    params = {k for k, _ in model.named_parameters(remove_duplicate=False)}
+    return [{"key": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch."),
+             "kind": "parameter" if k in params else "buffer"} for k, v in model.state_dict().items()]
+
+
+def compare_layout(model: FourM, expected: list[dict]) -> list[str]:
+    """Differences between the model's state-dict layout and ``expected`` (empty = identical)."""
+    mine = {e["key"]: e for e in state_dict_layout(model)}
+    theirs = {e["key"]: e for e in expected}
+    problems = [f"missing in fourm: {k}" for k in theirs if k not in mine]
+    problems += [f"extra in fourm: {k}" for k in mine if k not in theirs]
+    for k in mine.keys() & theirs.keys():
+        for field in ("shape", "dtype", "kind"):
+            if mine[k][field] != theirs[k][field]:
+                problems.append(f"{k}: {field} {mine[k][field]} != reference {theirs[k][field]}")
+    return sorted(problems)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def load_ml4m(path: str | os.PathLike, device: str | torch.device = "cpu") -> FourM:
+    """Load a reference checkpoint directory (``config.json`` + ``model.safetensors``) strictly."""
+    path = Path(path)
+    cfg = json.loads((path / "config.json").read_text())
+    with torch.device("meta"):
+        model = FourM(config_from_ml4m(cfg))
+    state = load_file(str(path / "model.safetensors"), device=str(device))
+    model.load_state_dict_checked(state, assign=True)
+    return model.eval()
+
+
+def save_ml4m(model: FourM, path: str | os.PathLike) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` in the reference layout (reference key
+    names, buffers included, shared ``mod_emb`` stored under both names; the config also goes
+    into the safetensors metadata as JSON strings, as the reference reads it)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = config_to_ml4m(model.config)
+    fm = {k: v for k, v in cfg.items() if k != "vocab_override"}
+    meta = {k: json.dumps(v) for k, v in fm.items()}
+    tensors = unalias_state_dict(model.state_dict())
+    _atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
+    _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
+    return path
+
+
+# ---------------------------------------------------------------------------- mod_dicts
+def mod_dict_to_batch(model: FourM, mod_dict: Mapping[str, Mapping[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
+    """Reference mod_dict (``tensor``, ``input_mask``, ``target_mask`` with True = ignored,
+    ``decoder_attention_mask``) -> fourm batch with positive masks, same modality order.
+
+    The decoder attention pattern is implied by each modality's kind in fourm; a
+    ``decoder_attention_mask`` that encodes a different pattern raises (an all-zero one, as used
+    in the reference's generation, is accepted).
+    """
+    batch = {}
+    for name, d in mod_dict.items():
+        if name not in model.specs:
+            raise KeyError(f"mod_dict modality {name!r} is not in the model; known: {', '.join(model.specs)}")
+        t = d["tensor"]
+        entry = {"tokens": t if t.is_floating_point() else t.long(), "is_input": ~d["input_mask"].bool()}
+        if "target_mask" in d:
+            entry["is_target"] = ~d["target_mask"].bool()
+            if "decoder_attention_mask" in d and name in model.decoder_embeddings:
+                _check_attention_pattern(name, model.specs[name].kind, entry["is_target"], d["decoder_attention_mask"])
+        batch[name] = entry
+    return batch
+
+
+def _check_attention_pattern(name: str, kind: str, is_target: Tensor, dam: Tensor) -> None:
+    dam = dam.reshape(dam.shape[0], -1).long()
+    if not dam.any():
+        return
+    is_target = is_target.reshape(is_target.shape[0], -1)
+    if kind == "sequence":  # causal: 1 at every target
+        expected = is_target.long()
+    else:  # all-to-all: the target count at the first target
+        expected = torch.zeros_like(dam)
+        n = is_target.sum(1)
+        first = is_target.long().argmax(1)
+        expected.scatter_(1, first[:, None], n[:, None])
+    if not torch.equal(dam, expected):
+        raise ValueError(f"{name}: decoder_attention_mask encodes a pattern other than "
+                         f"{'causal' if kind == 'sequence' else 'all-to-all'} within the modality, which fourm does not support")
+
+
+def run_ml4m(model: FourM, mod_dict: Mapping, num_encoder_tokens: int, num_decoder_tokens: int,
+             loss_type: str = "mod") -> tuple[Tensor, dict[str, Tensor]]:
+    """The reference's ``forward(mod_dict, N, M, loss_type)`` -> ``(loss, mod_losses)``, exactly
+    (modalities without targets count as 0; ``'token'`` weights by rows x vocab as it does)."""
+    if loss_type not in ("mod", "token"):
+        raise ValueError(f"loss_type={loss_type!r}; allowed: 'mod', 'token'")
+    out = model(mod_dict_to_batch(model, mod_dict), num_encoder_tokens, num_decoder_tokens,
+                return_logits=True, count_empty_modalities=True)
+    return _reference_loss(out, loss_type), out.mod_losses
+
+
+def _reference_loss(out: FourMOutput, loss_type: str) -> Tensor:
+    if loss_type == "mod":
+        return out.loss
+    weights = {k: out.predictions[k].logits.numel() for k in out.mod_losses}
+    return sum(out.mod_losses[k] * weights[k] for k in weights) / sum(weights.values())
+
+
+@torch.no_grad()
+def reference_outputs(model: FourM, mod_dict: Mapping, num_encoder_tokens: int, num_decoder_tokens: int) -> dict[str, Tensor]:
+    """The tensors the fixture records (see ../shared/fixtures/ml4m/README.md), from fourm."""
+    batch = mod_dict_to_batch(model, mod_dict)
+    enc = model.forward_encoder(batch, num_encoder_tokens)
+    dec = model.forward_decoder(batch, enc, num_decoder_tokens)
+    out = model.forward_loss(dec, return_logits=True, count_empty_modalities=True)
+    sel = enc.selection
+    uid = torch.tensor([model.specs[n].uid for n in sel.names] + [-1], dtype=torch.int16)
+    res = {
+        "loss": out.loss, "loss_token": _reference_loss(out, "token"),
+        "encoder.tokens": enc.tokens, "encoder.emb": enc.emb, "encoder.input": enc.tokens + enc.emb,
+        "encoder.output": enc.output, "encoder.pad_mask": ~sel.is_valid,
+        "encoder.modality_id": uid[torch.where(sel.modality < 0, len(sel.names), sel.modality)],
+        "encoder.source_index": sel.source_index, "decoder.context": enc.context,
+    }
+    for name, loss in out.mod_losses.items():
+        res[f"mod_loss.{name}"] = loss
+    hidden, inp, emb = (t.flatten(0, 1) for t in (dec.hidden, dec.input, dec.emb))
+    for name, pr in out.predictions.items():
+        flat, _, _ = dec.selection.rows(name)
+        res.update({f"decoder.{name}.batch_index": pr.batch_index, f"decoder.{name}.position": pr.position,
+                    f"decoder.{name}.emb": emb[flat], f"decoder.{name}.input": inp[flat],
+                    f"decoder.{name}.output": hidden[flat], f"logits.{name}": pr.logits,
+                    f"target_ids.{name}": pr.target_ids})
+    return res
+
+
+def load_mod_dict(path: str | os.PathLike, order: list[str] | None = None) -> dict[str, dict[str, Tensor]]:
+    """Read a fixture ``inputs.safetensors`` (keys ``<modality>.<field>``) into a mod_dict."""
+    flat = load_file(str(path))
+    out: dict[str, dict[str, Tensor]] = {}
+    for key, t in flat.items():
+        mod, field = key.rsplit(".", 1)
+        out.setdefault(mod, {})[field] = t
+    if order is not None:
+        out = {m: out[m] for m in order}
+    return out
+
+
+def check_fixture(path: str | os.PathLike, tol: float = 1e-4) -> list[tuple[str, float]]:
+    """Run a fixture directory's inputs through fourm; ``[(tensor name, max abs diff)]`` for every
+    recorded output (``inf`` when missing or of another shape). ``encoder.output`` is compared
+    on non-padding rows only, as the fixture README says."""
+    path = Path(path)
+    cfg = json.loads((path / "config.json").read_text())
+    model = load_ml4m(path)
+    mod_dict = load_mod_dict(path / "inputs.safetensors", cfg.get("modality_order_in_mod_dict"))
+    fwd = cfg.get("forward", {})
+    mine = reference_outputs(model, mod_dict, fwd.get("num_encoder_tokens", 128), fwd.get("num_decoder_tokens", 128))
+    results = []
+    with safe_open(str(path / "outputs.safetensors"), "pt") as f:
+        expected = {k: f.get_tensor(k) for k in f.keys()}
+    for key in sorted(expected):
+        ref, got = expected[key], mine.get(key)
+        if got is None or tuple(got.shape) != tuple(ref.shape):
+            results.append((key, float("inf")))
+            continue
+        if key == "encoder.output":
+            keep = ~expected["encoder.pad_mask"]
+            ref, got = ref[keep], got[keep]
+        results.append((key, (got.double() - ref.double()).abs().max().item() if ref.numel() else 0.0))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fourm.compat.ml4m", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("check", help="compare fourm with a reference fixture directory")
+    p.add_argument("dir")
+    p.add_argument("--tol", type=float, default=1e-4)
+    p = sub.add_parser("shapes", help="compare FourM's state-dict layout with released_shapes/*.json")
+    p.add_argument("json", nargs="+")
+    args = parser.parse_args(argv)
+    if args.cmd == "check":
+        results = check_fixture(args.dir, args.tol)
+        worst = 0.0
+        for key, diff in results:
+            worst = max(worst, diff)
+            print(f"{key:40s} {diff:.3e}{'  FAIL' if diff > args.tol else ''}")
+        ok = worst <= args.tol
+        print(f"{len(results)} tensors, largest difference {worst:.3e}: {'OK' if ok else 'FAIL'} (tolerance {args.tol:g})")
+        return 0 if ok else 1
+    failed = False
+    for name in args.json:
+        spec = json.loads(Path(name).read_text())
+        problems = compare_layout(build_on_meta(spec["fm_config"]), spec["state_dict"])
+        print(f"{name}: {len(spec['state_dict'])} keys, {'identical' if not problems else f'{len(problems)} differences'}")
+        for line in problems[:50]:
+            print("  " + line)
+        failed |= bool(problems)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
