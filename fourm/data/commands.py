@@ -1,0 +1,197 @@
+"""``fourm data ...``: write ShapesWorld shards and draw contact sheets of shard folders.
+
+    fourm data shapes --out data/shapes --num-samples 10000 --image-size 64 --seed 0 --shard-size 1000 --workers 2
+    fourm data show data/shapes --out sheet.png --num 16
+
+Shard ``k`` holds samples ``k * K .. k * K + K - 1`` and is written whole by one worker (under a
+temporary name, then renamed), so the output is byte-identical for any number of workers. The
+metadata JSON is written last: a folder with ``metadata.json`` is complete.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+import fourm
+from fourm.data import shapes_world as sw
+from fourm.data.shards import ShardWriter, encode_sample, list_shards, write_metadata, write_shard
+
+METADATA_NAME = "metadata.json"
+SHARD_PREFIX = "shard"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``data`` command group to the ``fourm`` parser."""
+    data = subparsers.add_parser("data", help="generate and inspect data sets")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    p = sub.add_parser("shapes", help="write ShapesWorld samples as webdataset shards",
+                       description="Write ShapesWorld samples (rgb, depth, semseg, det, caption, objects) as webdataset "
+                                   "shards plus metadata.json. Output is byte-identical for any --workers.")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--num-samples", type=int, required=True, help="number of samples (indices 0..N-1)")
+    p.add_argument("--image-size", type=int, default=64, help="side in pixels: a multiple of 16 from 32 to 256 (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="world seed; use different seeds for train and held-out sets")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, each writing whole shards (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace shards and metadata already in --out")
+    p.set_defaults(func=cmd_shapes)
+
+    s = sub.add_parser("show", help="draw a contact sheet of the first samples of a shard folder")
+    s.add_argument("shards", help="shard folder, tar file, glob or brace range")
+    s.add_argument("--out", required=True, type=Path, help="output PNG")
+    s.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
+    s.add_argument("--columns", type=int, default=2, help="samples per row (default 2)")
+    s.set_defaults(func=cmd_show)
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _write_one_shard(out_dir: str, shard: int, start: int, stop: int, seed: int, config: dict, key_width: int,
+                     on_sample: Callable[[], None] | None = None) -> tuple[str, int]:
+    """Render samples [start, stop) and write them as shard number ``shard``. Top level: spawn-safe."""
+    cfg = sw.WorldConfig(**config)
+    path = ShardWriter(out_dir, prefix=SHARD_PREFIX).shard_path(shard)
+
+    def items():
+        for i in range(start, stop):
+            yield f"{i:0{key_width}d}", encode_sample(sw.render_scene(seed, i, cfg))
+            if on_sample is not None:
+                on_sample()
+
+    return str(path), write_shard(path, items())
+
+
+def _write_one_shard_star(args: tuple) -> tuple[str, int]:
+    return _write_one_shard(*args)
+
+
+def write_shapes(out: str | Path, num_samples: int, seed: int = 0, config: sw.WorldConfig | None = None,
+                 shard_size: int = 1000, workers: int = 1, progress: bool = True) -> dict:
+    """Write a ShapesWorld split as shards plus metadata; the library side of ``fourm data shapes``.
+
+    Args:
+        out: output folder (created if missing).
+        num_samples: samples ``0 .. num_samples - 1`` of world ``seed``.
+        seed: world seed.
+        config: world knobs (image size ...); default ``WorldConfig()``.
+        shard_size: samples per shard.
+        workers: processes; each renders and writes whole shards (spawned, so safe everywhere).
+        progress: show a tqdm bar.
+
+    Returns:
+        The metadata dict written to ``out/metadata.json``.
+    """
+    cfg = config if config is not None else sw.WorldConfig()
+    for name, value, low in (("num_samples", num_samples, 1), ("shard_size", shard_size, 1), ("workers", workers, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}={value!r} is not allowed: use an integer >= {low}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    num_shards = -(-num_samples // shard_size)
+    key_width = max(6, len(str(num_samples - 1)))
+    jobs = [(str(out), k, k * shard_size, min((k + 1) * shard_size, num_samples), seed, cfg.to_dict(), key_width)
+            for k in range(num_shards)]
+    paths: list[str] = [""] * num_shards
+    with tqdm(total=num_samples, unit="sample", desc=f"shapes -> {out}", disable=not progress) as bar:
+        if workers == 1:
+            for job in jobs:
+                path, _ = _write_one_shard(*job, on_sample=lambda: bar.update(1))
+                paths[job[1]] = path
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(min(workers, num_shards)) as pool:
+                for job, (path, count) in zip(jobs, pool.imap(_write_one_shard_star, jobs)):
+                    paths[job[1]] = path
+                    bar.update(count)
+    meta = {
+        "world": "ShapesWorld",
+        "world_version": sw.WORLD_VERSION,
+        "fourm_version": fourm.__version__,
+        "seed": seed,
+        "config": cfg.to_dict(),
+        "num_samples": num_samples,
+        "shard_size": shard_size,
+        "num_shards": num_shards,
+        "shards": [Path(p).name for p in paths],
+        "key_format": f"sample index, zero-padded to {key_width} digits",
+        "fields": {"rgb": "rgb.png", "depth": "depth.npy", "semseg": "semseg.png", "det": "det.json",
+                   "caption": "caption.txt", "objects": "objects.json"},
+        "semseg_classes": list(sw.SEMSEG_CLASSES),
+        "shape_classes": list(sw.SHAPE_CLASSES),
+        "colours": {k: list(v) for k, v in sw.COLOURS.items()},
+        "size_words": list(sw.SIZE_WORDS),
+        "far_depth": sw.FAR_DEPTH,
+    }
+    write_metadata(out, meta, name=METADATA_NAME)
+    return meta
+
+
+def cmd_shapes(args: argparse.Namespace) -> int:
+    try:
+        cfg = sw.WorldConfig(image_size=args.image_size)
+    except ValueError as e:
+        return _fail(f"--image-size: {e}")
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        return _fail(f"--out {str(out)!r} exists and is not a folder")
+    for name, value, low in (("--num-samples", args.num_samples, 1), ("--shard-size", args.shard_size, 1),
+                             ("--workers", args.workers, 1), ("--seed", args.seed, 0)):
+        if value < low:
+            return _fail(f"{name}={value} is not allowed: use an integer >= {low}")
+    stale = sorted(out.glob(f"{SHARD_PREFIX}-*.tar")) + ([out / METADATA_NAME] if (out / METADATA_NAME).exists() else [])
+    if stale and not args.overwrite:
+        return _fail(f"--out {str(out)!r} already holds a data set ({len(stale)} files); pass --overwrite to replace it")
+    for f in stale:  # old shards beyond the new count would otherwise be read as part of the set
+        f.unlink()
+    meta = write_shapes(out, args.num_samples, args.seed, cfg, args.shard_size, args.workers)
+    print(f"wrote {meta['num_samples']} samples in {meta['num_shards']} shards to {out} "
+          f"(ShapesWorld {meta['world_version']}, seed {meta['seed']}, {cfg.image_size} px)")
+    return 0
+
+
+def read_samples(shards: str | Path, num: int) -> list[dict]:
+    """The first ``num`` samples of a shard set in stored order, decoded to numpy / Python objects."""
+    from fourm.data.shard_reader import ShardDataset  # imports torch: only when reading
+
+    ds = ShardDataset(shards, fields=["rgb"], optional=["depth", "semseg", "det", "caption"], to_tensor=False)
+    out = []
+    for sample in ds:
+        out.append(sample)
+        if len(out) >= num:
+            break
+    return out
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from fourm.data.contact_sheet import render_contact_sheet
+
+    if args.num < 1 or args.columns < 1:
+        return _fail(f"--num and --columns must be >= 1, got {args.num} and {args.columns}")
+    try:
+        list_shards(args.shards)
+    except (FileNotFoundError, ValueError) as e:
+        return _fail(str(e))
+    samples = read_samples(args.shards, args.num)
+    if not samples:
+        return _fail(f"no readable samples in {args.shards!r}")
+    title = None
+    meta_path = Path(args.shards) / METADATA_NAME
+    if meta_path.is_file():
+        from fourm.data.shards import read_metadata
+
+        meta = read_metadata(meta_path)
+        title = (f"ShapesWorld {meta.get('world_version')} - seed {meta.get('seed')} - "
+                 f"{meta.get('config', {}).get('image_size')} px - first {len(samples)} of {meta.get('num_samples')} samples")
+    path = render_contact_sheet(samples, args.out, columns=args.columns, title=title)
+    print(f"wrote {path} ({len(samples)} samples)")
+    return 0
