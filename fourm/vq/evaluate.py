@@ -1,0 +1,183 @@
+"""Reconstruction metrics of the image tokenizers on fresh ShapesWorld scenes.
+
+``fourm tokenizer eval`` renders ``num_samples`` scenes of a seed that training never used,
+round-trips each modality through its tokenizer (``decode(encode(x))``) and scores the result
+against the ground truth:
+
+| modality | metric                                                                            |
+|----------|-----------------------------------------------------------------------------------|
+| rgb      | PSNR in dB (per image, then averaged; 255 peak)                                   |
+| depth    | absolute relative error mean(|d^ - d| / d) over non-sky pixels; delta1 (share of  |
+|          | non-sky pixels with max(d^/d, d/d^) < 1.25)                                       |
+| semseg   | mIoU over the classes present in the ground truth or the prediction; pixel accuracy |
+| all      | share of codes used over the whole evaluation set, and perplexity                 |
+
+These are the "tokenizer bound" rows of the benchmark: no model can beat them.
+"""
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fourm.data.shapes_world import SEMSEG_CLASSES, WorldConfig, render_scene
+from fourm.vq.normalize import from_world
+from fourm.vq.quantizers import CodeUsage
+
+MAX_PSNR = 100.0  # reported for an exact reconstruction (zero error)
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of uint8 images (B, C, H, W) (peak 255), capped at ``MAX_PSNR``.
+
+    Returns:
+        (B,) float64.
+    """
+    err = (pred.double() - target.double()).pow(2).flatten(1).mean(1)  # (B,)
+    out = 10.0 * torch.log10(255.0**2 / err.clamp_min(1e-12))
+    return out.clamp(max=MAX_PSNR)
+
+
+def depth_errors(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[float, float, int]:
+    """Sums over valid pixels of the absolute relative error and of the delta1 hits.
+
+    Args:
+        pred, target: (B, H, W) depth in metres.
+        valid: (B, H, W) bool, the pixels to score (non-sky).
+    Returns:
+        (sum of |pred - target| / target, number of pixels with max ratio < 1.25, number of valid pixels).
+    """
+    p, t = pred.double()[valid], target.double()[valid]
+    rel = ((p - t).abs() / t).sum().item()
+    ratio = torch.maximum(p / t, t / p)
+    return rel, int((ratio < 1.25).sum()), int(valid.sum())
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, K) int64 counts, rows = ground-truth class, columns = predicted class."""
+    idx = target.long().flatten() * num_classes + pred.long().flatten()
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def miou(confusion: torch.Tensor) -> float:
+    """Mean IoU over the classes that occur in the ground truth or the prediction."""
+    c = confusion.double()
+    inter = c.diag()
+    union = c.sum(0) + c.sum(1) - inter
+    present = union > 0
+    return float((inter[present] / union[present]).mean()) if bool(present.any()) else float("nan")
+
+
+def render_batch(seed: int, indices: range | list[int], image_size: int) -> dict[str, torch.Tensor]:
+    """Stored-format batches of every image modality for scenes ``indices`` of world ``seed``.
+
+    Returns:
+        {"rgb": uint8 (B, 3, H, W), "depth": float32 (B, H, W), "semseg": uint8 (B, H, W)}.
+    """
+    cfg = WorldConfig(image_size=image_size)
+    samples = [render_scene(seed, i, cfg) for i in indices]
+    return {m: torch.stack([from_world(s, m) for s in samples]) for m in ("rgb", "depth", "semseg")}
+
+
+class ReconstructionMetrics:
+    """Accumulates the reconstruction metrics of one tokenizer over batches."""
+
+    def __init__(self, modality: str, codebook_size: int, num_classes: int = len(SEMSEG_CLASSES)) -> None:
+        self.modality = modality
+        self.num_classes = num_classes
+        self.usage = CodeUsage(codebook_size, window=1 << 30)
+        self.psnr_sum, self.images = 0.0, 0
+        self.rel_sum, self.delta1_hits, self.pixels = 0.0, 0, 0
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, tokens: torch.Tensor, recon: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> None:
+        """Add one batch: its tokens, the reconstruction and the ground-truth batch of all modalities."""
+        self.usage.update(tokens)
+        recon = recon.cpu()
+        self.images += recon.shape[0]
+        if self.modality == "rgb":
+            self.psnr_sum += float(psnr(recon, batch["rgb"]).sum())
+        elif self.modality == "depth":
+            valid = batch["semseg"] != 0  # sky is class 0
+            rel, hits, n = depth_errors(recon, batch["depth"], valid)
+            self.rel_sum, self.delta1_hits, self.pixels = self.rel_sum + rel, self.delta1_hits + hits, self.pixels + n
+        else:
+            self.confusion += confusion_matrix(recon, batch["semseg"], self.num_classes)
+
+    def result(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.modality == "rgb":
+            out["psnr"] = self.psnr_sum / max(self.images, 1)
+        elif self.modality == "depth":
+            out["abs_rel"] = self.rel_sum / max(self.pixels, 1)
+            out["delta1"] = self.delta1_hits / max(self.pixels, 1)
+        else:
+            out["miou"] = miou(self.confusion)
+            out["pixel_accuracy"] = float(self.confusion.diag().sum() / self.confusion.sum().clamp_min(1))
+        out["codes_used"] = self.usage.usage
+        out["perplexity"] = self.usage.perplexity
+        return out
+
+
+@torch.no_grad()
+def evaluate_tokenizers(
+    tokenizers: Mapping[str, torch.nn.Module],
+    seed: int,
+    num_samples: int,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict:
+    """Round-trip ``num_samples`` scenes of world ``seed`` through each image tokenizer.
+
+    Args:
+        tokenizers: {"rgb": ImageTokenizer, ...}; entries that are not image tokenizers (text) are skipped.
+        seed: world seed of the held-out scenes (use one that training never saw).
+        num_samples: number of scenes.
+        image_size: scene size in pixels (default: the tokenizers' training size, which must agree).
+        batch_size: scenes per batch.
+        progress: show a progress bar.
+    Returns:
+        {"seed", "num_samples", "image_size", "wall_s", "<modality>": {metric: value}}.
+    """
+    from fourm.vq.vqvae import ImageTokenizer
+
+    image_toks = {m: t for m, t in tokenizers.items() if isinstance(t, ImageTokenizer)}
+    if not image_toks:
+        raise ValueError(f"no image tokenizer among {sorted(tokenizers)}")
+    sizes = {t.config.image_size for t in image_toks.values()}
+    if image_size is None:
+        if len(sizes) > 1:
+            raise ValueError(f"tokenizers were trained at different sizes {sorted(sizes)}; pass image_size")
+        image_size = sizes.pop()
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples}: must be >= 1")
+    start = time.perf_counter()
+    metrics = {m: ReconstructionMetrics(m, t.codebook_size) for m, t in image_toks.items()}
+    bar = tqdm(total=num_samples, desc="tokenizer eval", unit="scene", disable=not progress)
+    for lo in range(0, num_samples, batch_size):
+        idx = range(lo, min(lo + batch_size, num_samples))
+        batch = render_batch(seed, idx, image_size)
+        for m, tok in image_toks.items():
+            tokens = tok.encode(batch[m])
+            metrics[m].update(tokens, tok.decode(tokens), batch)
+        bar.update(len(idx))
+    bar.close()
+    out: dict = {"seed": seed, "num_samples": num_samples, "image_size": image_size}
+    out.update({m: r.result() for m, r in metrics.items()})
+    out["wall_s"] = time.perf_counter() - start
+    return out
+
+
+def format_results(results: Mapping) -> str:
+    """A small text table of ``evaluate_tokenizers`` results."""
+    lines = [f"tokenizer reconstruction: {results['num_samples']} scenes, seed {results['seed']}, "
+             f"{results['image_size']} px, {results['wall_s']:.1f} s"]
+    for m in ("rgb", "depth", "semseg"):
+        if m in results:
+            vals = "  ".join(f"{k} {v:.4f}" for k, v in results[m].items())
+            lines.append(f"  {m:<7} {vals}")
+    return "\n".join(lines)

@@ -1,0 +1,390 @@
+"""Training loop of the image tokenizers (``fourm tokenizer train CONFIG``).
+
+    cfg = load_config(TokenizerTrainConfig, "configs/tokenizers/rgb_64.yaml", overrides=["steps=100"])
+    summary = train_tokenizer(cfg)             # writes out_dir/tokenizer/ (save_pretrained format)
+    summary = train_tokenizer(cfg, resume=True)   # continues from the last checkpoint in out_dir
+
+Data are ShapesWorld scenes rendered on the fly (``data.source: generator``; scene ``i`` of world
+``data.seed``; step ``s`` of process ``r`` of ``W`` reads scenes ``(s * W + r) * B ...``), or samples
+read from shards (``data.source: shards``). Either way the batches of a step depend on the step
+only, so a resumed run sees the data an uninterrupted run would have seen; with the RNG state in
+the checkpoint, it computes the same weights.
+
+One ``accelerate.Accelerator`` owns devices and processes: a plain call runs one process (CPU or
+one GPU); ``accelerate launch -m fourm.cli tokenizer train CONFIG`` runs several, each with its own
+batch (``batch_size`` is per process) and the codebook statistics all-reduced.
+
+Layout of ``out_dir``: ``train_config.json``, ``metrics.jsonl`` (one JSON line per log step),
+``checkpoints/step_XXXXXXX/`` (tokenizer + optimizer + RNG state; written to a temporary folder
+and renamed), ``tokenizer/`` (the final tokenizer).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from tqdm.auto import tqdm
+
+from fourm.config import ConfigError, save_json_atomic, to_dict
+from fourm.data.shapes_world import WorldConfig, render_scene
+from fourm.vq.evaluate import ReconstructionMetrics, render_batch
+from fourm.vq.normalize import from_world
+from fourm.vq.quantizers import CodeUsage
+from fourm.vq.vqvae import WEIGHTS_NAME, ImageTokenizer, TokenizerConfig
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_NAME = "train_state.json"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training images come from.
+
+    Args:
+        source: ``generator`` (render ShapesWorld scenes on the fly) or ``shards`` (read them).
+        seed: world seed of the training scenes (generator).
+        num_scenes: cycle through this many scenes instead of fresh ones each step (generator).
+        shards: shard spec (folder, glob, brace range) for ``source: shards``.
+        num_workers: DataLoader worker processes (0 renders in the training process).
+        eval_seed: world seed of the held-out scenes scored during training.
+        eval_samples: number of held-out scenes scored at each evaluation.
+    """
+
+    source: Literal["generator", "shards"] = "generator"
+    seed: int = 0
+    num_scenes: int | None = None
+    shards: str | None = None
+    num_workers: int = 0
+    eval_seed: int = 1_000_003
+    eval_samples: int = 64
+
+    def __post_init__(self) -> None:
+        if self.source == "shards" and not self.shards:
+            raise ValueError("data.source is 'shards' but data.shards is empty; give a folder or glob of tar files")
+        if self.source == "generator" and self.shards:
+            raise ValueError("data.shards is set but data.source is 'generator'; set data.source: shards")
+        if self.num_scenes is not None and self.num_scenes < 1:
+            raise ValueError(f"data.num_scenes={self.num_scenes}: must be >= 1 (or null for fresh scenes)")
+        if self.eval_seed == self.seed:
+            raise ValueError(f"data.eval_seed={self.eval_seed} equals data.seed; held-out scenes need another seed")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay to ``min_lr``."""
+
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"optim.min_lr={self.min_lr} must lie in [0, optim.lr={self.lr}]")
+
+
+@dataclass(frozen=True)
+class TokenizerTrainConfig:
+    """A tokenizer training run (YAML: configs/tokenizers/*.yaml).
+
+    Args:
+        tokenizer: the tokenizer to train.
+        data, optim: see ``DataConfig`` and ``OptimConfig``.
+        steps: optimizer steps in total.
+        batch_size: images per step and process.
+        seed: seed of weight initialisation and of the quantizer's random choices.
+        out_dir: run folder (checkpoints, metrics, final tokenizer).
+        log_every: steps between metric lines in ``metrics.jsonl``.
+        eval_every: steps between held-out evaluations (0: only at the end).
+        checkpoint_every: steps between checkpoints (the last step always saves one).
+        keep_checkpoints: how many recent checkpoints to keep.
+        mixed_precision: ``no``, ``bf16`` or ``fp16`` (autocast; quantisation stays float32).
+        usage_window: steps over which codebook usage and perplexity are measured.
+    """
+
+    tokenizer: TokenizerConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000
+    batch_size: int = 32
+    seed: int = 0
+    out_dir: str = "out/tokenizers/run"
+    log_every: int = 10
+    eval_every: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    usage_window: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "usage_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every={self.eval_every}: must be >= 0 (0 evaluates at the end only)")
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+class SceneDataset(Dataset):
+    """ShapesWorld scene ``index`` (mod ``num_scenes``) of world ``seed``, one modality, stored format."""
+
+    def __init__(self, modality: str, seed: int, image_size: int, num_scenes: int | None = None) -> None:
+        self.modality, self.seed, self.num_scenes = modality, seed, num_scenes
+        self.world = WorldConfig(image_size=image_size)
+
+    def __len__(self) -> int:
+        return self.num_scenes or 2**62
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        i = index % self.num_scenes if self.num_scenes else index
+        return from_world(render_scene(self.seed, i, self.world), self.modality)
+
+
+class StepBatches:
+    """Indices of the scenes of each step: step ``s`` of process ``r`` of ``W`` gets
+    ``[(s * W + r) * B, (s * W + r + 1) * B)``, for steps ``start .. stop - 1``."""
+
+    def __init__(self, start: int, stop: int, batch_size: int, rank: int, world_size: int) -> None:
+        self.start, self.stop, self.b, self.rank, self.world = start, stop, batch_size, rank, world_size
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __iter__(self):
+        for s in range(self.start, self.stop):
+            lo = (s * self.world + self.rank) * self.b
+            yield list(range(lo, lo + self.b))
+
+
+class ShardImages(IterableDataset):
+    """One modality of the samples in shards (already in stored format), epoch after epoch.
+
+    Each process reads its own share (``ShardDataset``'s rank / world_size), shuffled per epoch by
+    ``seed``. ``skip`` positions of this process's stream are passed over (resume).
+    """
+
+    def __init__(self, shards: str, modality: str, seed: int, rank: int, world_size: int, skip: int = 0) -> None:
+        super().__init__()
+        self.shards, self.modality, self.seed = shards, modality, seed
+        self.rank, self.world_size, self.skip = rank, world_size, skip
+
+    def __iter__(self):
+        from fourm.data.shards import ShardDataset
+
+        ds = ShardDataset(self.shards, fields=[self.modality], shuffle=True, seed=self.seed,
+                          rank=self.rank, world_size=self.world_size)
+        n = ds.num_samples()
+        if n == 0:
+            raise ValueError(f"no samples for rank {self.rank} in shards {self.shards!r}")
+        epoch, start = divmod(self.skip, n)
+        while True:
+            ds.set_epoch(epoch, start)
+            for sample in ds:
+                yield from_world(sample, self.modality)
+            epoch, start = epoch + 1, 0
+
+
+def build_loader(cfg: TokenizerTrainConfig, start: int, rank: int, world_size: int):
+    """Batches (B, ...) of stored-format images for steps ``start .. cfg.steps - 1`` of one process."""
+    t = cfg.tokenizer
+    if cfg.data.source == "generator":
+        ds = SceneDataset(t.modality, cfg.data.seed, t.image_size, cfg.data.num_scenes)
+        sampler = StepBatches(start, cfg.steps, cfg.batch_size, rank, world_size)
+        return DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers)
+    ds = ShardImages(cfg.data.shards, t.modality, cfg.data.seed, rank, world_size, skip=start * cfg.batch_size)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers)
+    return itertools.islice(loader, cfg.steps - start)
+
+
+# --- optimisation -------------------------------------------------------------------------------
+
+def lr_at(step: int, cfg: TokenizerTrainConfig) -> float:
+    """Learning rate of ``step``: linear warm-up, then cosine decay to ``min_lr`` at the last step."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    span = max(cfg.steps - o.warmup_steps, 1)
+    t = min((step - o.warmup_steps) / span, 1.0)
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + math.cos(math.pi * t))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on conv/linear weights only (not on norms, biases or embeddings)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "class_embed" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint folder with the highest step in ``out_dir``, or None."""
+    root = Path(out_dir) / CHECKPOINT_DIR
+    found = sorted(root.glob("step_*")) if root.is_dir() else []
+    return found[-1] if found else None
+
+
+def save_checkpoint(out_dir: Path, step: int, model: ImageTokenizer, optimizer: torch.optim.Optimizer,
+                    rng_states: list[dict[str, torch.Tensor]], keep: int) -> Path:
+    """Write checkpoint ``step`` (tokenizer, optimizer, RNG states) atomically; prune old ones."""
+    root = out_dir / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = root / f".tmp_step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "rng": rng_states}, tmp / "optimizer.pt")
+    save_json_atomic({"step": step}, tmp / STATE_NAME)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's torch RNG states (CPU, and the current CUDA device when there is one)."""
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+def train_tokenizer(cfg: TokenizerTrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train one image tokenizer.
+
+    Args:
+        cfg: the run config.
+        resume: continue from the last checkpoint in ``cfg.out_dir`` (start afresh if there is none).
+            Without it, an ``out_dir`` that already holds checkpoints is refused.
+        progress: show a progress bar (main process only).
+    Returns:
+        {"tokenizer_dir", "steps", "wall_s", "last": last logged metrics, "eval": last evaluation}.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    out_dir = Path(cfg.out_dir)
+    main = accelerator.is_main_process
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is not None and not resume:
+        raise FileExistsError(f"{out_dir} already holds checkpoints ({ckpt.name}); pass --resume or choose another out_dir")
+    if ckpt is not None:
+        saved = json.loads((out_dir / "train_config.json").read_text())
+        if saved.get("tokenizer") != to_dict(cfg.tokenizer):
+            raise ConfigError(f"{out_dir}: the tokenizer config differs from the one it was trained with; "
+                              "resume with the same tokenizer settings or use another out_dir")
+
+    set_seed(cfg.seed + accelerator.process_index)
+    model = ImageTokenizer(cfg.tokenizer).to(accelerator.device)
+    optimizer = build_optimizer(model, cfg.optim)
+    start = 0
+    if ckpt is not None:
+        model.load_state_dict(load_file(ckpt / WEIGHTS_NAME, device=str(accelerator.device)), strict=True)
+        extra = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(extra["optimizer"])
+        rngs = extra["rng"]
+        if len(rngs) == accelerator.num_processes:  # same process count: replay exactly
+            _set_rng_states(rngs[accelerator.process_index], accelerator.device)
+        start = json.loads((ckpt / STATE_NAME).read_text())["step"]
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_json_atomic(to_dict(cfg), out_dir / "train_config.json")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    loader = build_loader(cfg, start, accelerator.process_index, accelerator.num_processes)
+    usage = CodeUsage(raw.codebook_size, window=cfg.usage_window)
+    held_out = render_batch(cfg.data.eval_seed, range(cfg.data.eval_samples), cfg.tokenizer.image_size) if main else None
+
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.tokenizer.modality} tokenizer",
+               unit="step", disable=not (progress and main))
+    log_path = out_dir / "metrics.jsonl"
+    last: dict = {}
+    last_eval: dict = {}
+    t0 = time.perf_counter()
+    step = start
+    model.train()
+    for step, images in enumerate(loader, start=start):
+        lr = lr_at(step, cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        with accelerator.autocast():
+            out = model(images)
+        accelerator.backward(out.loss)
+        if cfg.optim.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        usage.update(accelerator.gather(out.codes))
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            loss = accelerator.reduce(out.loss.detach(), reduction="mean").item()
+            recon = accelerator.reduce(out.recon_loss, reduction="mean").item()
+            last = {"step": done, "loss": loss, "recon": recon, "usage": usage.usage,
+                    "perplexity": usage.perplexity, "lr": lr, "elapsed_s": time.perf_counter() - t0}
+            bar.set_postfix(loss=f"{loss:.4f}", usage=f"{usage.usage:.2f}", ppl=f"{usage.perplexity:.0f}")
+            if main:
+                with log_path.open("a") as f:
+                    f.write(json.dumps(last) + "\n")
+        if main and (done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)):
+            last_eval = evaluate_batch(raw, held_out)
+            last_eval["step"] = done
+            with log_path.open("a") as f:
+                f.write(json.dumps({"eval": last_eval}) + "\n")
+            model.train()
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            states = _rng_states(accelerator.device)
+            gathered = {k: accelerator.gather(v.to(accelerator.device).unsqueeze(0)).cpu() for k, v in states.items()}
+            rngs = [{k: v[r] for k, v in gathered.items()} for r in range(accelerator.num_processes)]
+            if main:
+                save_checkpoint(out_dir, done, raw, optimizer, rngs, cfg.keep_checkpoints)
+            accelerator.wait_for_everyone()
+        bar.update(1)
+    bar.close()
+    tok_dir = out_dir / "tokenizer"
+    if main:
+        raw.save_pretrained(tok_dir)
+    accelerator.wait_for_everyone()
+    return {"tokenizer_dir": str(tok_dir), "steps": cfg.steps, "start_step": start,
+            "wall_s": time.perf_counter() - t0, "last": last, "eval": last_eval}
+
+
+@torch.no_grad()
+def evaluate_batch(model: ImageTokenizer, batch: dict[str, torch.Tensor], batch_size: int = 64) -> dict[str, float]:
+    """Reconstruction metrics of ``model`` on a held-out batch of all modalities (see evaluate.py)."""
+    model.eval()
+    m = model.modality
+    acc = ReconstructionMetrics(m, model.codebook_size)
+    n = batch[m].shape[0]
+    for lo in range(0, n, batch_size):
+        part = {k: v[lo:lo + batch_size] for k, v in batch.items()}
+        tokens = model.encode(part[m])
+        acc.update(tokens, model.decode(tokens), part)
+    return acc.result()
