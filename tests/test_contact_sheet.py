@@ -27,7 +27,8 @@ def test_sheet_size_and_tiles(tmp_path):
 
 
 def test_sheet_accepts_tensor_layout_and_missing_fields(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
+
     s = render_scene(1, 0, WorldConfig(image_size=32))
     sample = {"rgb": torch.from_numpy(s["rgb"]).permute(2, 0, 1), "depth": torch.from_numpy(s["depth"]), "caption": s["caption"]}
     path = render_contact_sheet([sample], tmp_path / "t.png", columns=1, tile_size=64)

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,9 +51,8 @@ def test_same_seed_index_is_identical_and_order_free():
 
 
 def test_identical_in_another_process():
-    code = ("import hashlib, json, sys; sys.path.insert(0, %r); from test_shapes_world import _digest; "
-            "from fourm.data.shapes_world import render_scene; print(_digest(render_scene(3, 5)))") % str(
-        __import__("pathlib").Path(__file__).parent)
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_shapes_world import _digest; "
+            "from fourm.data.shapes_world import render_scene; print(_digest(render_scene(3, 5)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == _digest(render_scene(3, 5))
 
