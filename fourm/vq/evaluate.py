@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from typing import Mapping
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 

@@ -20,7 +20,6 @@ the source, the source's metadata and each tokenizer's vocabulary and grid.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -169,8 +168,8 @@ def tokenize_shards(
 
 
 def read_token_metadata(directory: str | os.PathLike) -> dict:
-    """The metadata of a token shard folder."""
+    """The metadata of a token shard folder (raises if the folder does not hold token shards)."""
     meta = read_metadata(directory)
     if meta.get("kind") != "token_shards":
         raise ValueError(f"{directory} does not hold token shards (metadata kind {meta.get('kind')!r})")
-    return json.loads(json.dumps(meta))
+    return meta
