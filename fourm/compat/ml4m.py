@@ -272,7 +272,7 @@ def reference_outputs(model: FourM, mod_dict: Mapping, num_encoder_tokens: int, 
     dec = model.forward_decoder(batch, enc, num_decoder_tokens)
     out = model.forward_loss(dec, return_logits=True, count_empty_modalities=True)
     sel = enc.selection
-    uid = torch.tensor([model.specs[n].uid for n in sel.names] + [-1], dtype=torch.int16)
+    uid = torch.tensor([model.specs[n].uid for n in sel.names] + [-1], dtype=torch.int16, device=sel.modality.device)
     res = {
         "loss": out.loss, "loss_token": _reference_loss(out, "token"),
         "encoder.tokens": enc.tokens, "encoder.emb": enc.emb, "encoder.input": enc.tokens + enc.emb,
@@ -304,16 +304,18 @@ def load_mod_dict(path: str | os.PathLike, order: list[str] | None = None) -> di
     return out
 
 
-def check_fixture(path: str | os.PathLike, tol: float = 1e-4) -> list[tuple[str, float]]:
+def check_fixture(path: str | os.PathLike, tol: float = 1e-4, device: str = "cpu") -> list[tuple[str, float]]:
     """Run a fixture directory's inputs through fourm; ``[(tensor name, max abs diff)]`` for every
     recorded output (``inf`` when missing or of another shape). ``encoder.output`` is compared
     on non-padding rows only, as the fixture README says."""
     path = Path(path)
     cfg = json.loads((path / "config.json").read_text())
-    model = load_ml4m(path)
+    model = load_ml4m(path, device)
     mod_dict = load_mod_dict(path / "inputs.safetensors", cfg.get("modality_order_in_mod_dict"))
+    mod_dict = {m: {k: t.to(device) for k, t in d.items()} for m, d in mod_dict.items()}
     fwd = cfg.get("forward", {})
     mine = reference_outputs(model, mod_dict, fwd.get("num_encoder_tokens", 128), fwd.get("num_decoder_tokens", 128))
+    mine = {k: v.cpu() for k, v in mine.items()}
     results = []
     with safe_open(str(path / "outputs.safetensors"), "pt") as f:
         expected = {k: f.get_tensor(k) for k in f.keys()}
@@ -335,11 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check", help="compare fourm with a reference fixture directory")
     p.add_argument("dir")
     p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("--device", default="cpu", help="run the model there (e.g. cuda)")
     p = sub.add_parser("shapes", help="compare FourM's state-dict layout with released_shapes/*.json")
     p.add_argument("json", nargs="+")
     args = parser.parse_args(argv)
     if args.cmd == "check":
-        results = check_fixture(args.dir, args.tol)
+        results = check_fixture(args.dir, args.tol, args.device)
         worst = 0.0
         for key, diff in results:
             worst = max(worst, diff)
