@@ -1,10 +1,11 @@
 """CLI: ``fourm tokenizer train | eval`` and ``fourm tokenize``.
 
-    fourm tokenizer train configs/tokenizers/rgb_64.yaml [key.sub=value ...] [--resume]
+    fourm tokenizer train configs/tokenizers/rgb_64.yaml [key.sub=value ...] [--resume]   (overrides before flags)
     fourm tokenizer eval --tokenizers tokenizers/ --seed 7 --num-samples 512 --json out/tok_eval.json
     fourm tokenize --input data/shapes/train --output data/shapes/train_tok --tokenizers tokenizers/
 
-Several processes: ``accelerate launch -m fourm.cli tokenizer train CONFIG``.
+Several processes: ``accelerate launch -m fourm.cli tokenizer train CONFIG`` on GPUs; on CPUs
+``ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m fourm.cli tokenizer train CONFIG`` (gloo).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train one image tokenizer from a YAML config")
     train.add_argument("config", help="YAML config, e.g. configs/tokenizers/rgb_64.yaml")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                       help="config overrides with dotted keys, e.g. steps=200 tokenizer.quantizer.kind=fsq")
+                       help="config overrides with dotted keys, e.g. steps=200 tokenizer.quantizer.kind=fsq "
+                            "(give them before any --flag)")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
@@ -57,6 +59,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(TokenizerTrainConfig, args.config, overrides=args.overrides)
     summary = train_tokenizer(cfg, resume=args.resume, progress=not args.no_progress)
+    if not summary["main_process"]:
+        return 0
     last, ev = summary["last"], summary["eval"]
     print(f"trained {cfg.tokenizer.modality} tokenizer: steps {summary['start_step']}..{summary['steps']} "
           f"in {summary['wall_s']:.1f} s -> {summary['tokenizer_dir']}")

@@ -11,8 +11,10 @@ only, so a resumed run sees the data an uninterrupted run would have seen; with 
 the checkpoint, it computes the same weights.
 
 One ``accelerate.Accelerator`` owns devices and processes: a plain call runs one process (CPU or
-one GPU); ``accelerate launch -m fourm.cli tokenizer train CONFIG`` runs several, each with its own
-batch (``batch_size`` is per process) and the codebook statistics all-reduced.
+one GPU); ``accelerate launch -m fourm.cli tokenizer train CONFIG`` runs several on GPUs, and
+``ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m fourm.cli tokenizer train CONFIG`` several
+on CPUs (gloo); each process has its own batch (``batch_size`` is per process) and the codebook
+statistics are all-reduced.
 
 Layout of ``out_dir``: ``train_config.json``, ``metrics.jsonl`` (one JSON line per log step),
 ``checkpoints/step_XXXXXXX/`` (tokenizer + optimizer + RNG state; written to a temporary folder
@@ -269,9 +271,9 @@ def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def _set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(states["cpu"])
+    torch.set_rng_state(states["cpu"].clone())  # a copy with its own storage (see save)
     if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"], device)
+        torch.cuda.set_rng_state(states["cuda"].clone(), device)
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -285,7 +287,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: bool = False, progress: b
             Without it, an ``out_dir`` that already holds checkpoints is refused.
         progress: show a progress bar (main process only).
     Returns:
-        {"tokenizer_dir", "steps", "wall_s", "last": last logged metrics, "eval": last evaluation}.
+        {"tokenizer_dir", "steps", "start_step", "main_process", "wall_s", "last": last logged
+        metrics, "eval": last evaluation (main process only)}.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -307,7 +310,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: bool = False, progress: b
     optimizer = build_optimizer(model, cfg.optim)
     start = 0
     if ckpt is not None:
-        model.load_state_dict(load_file(ckpt / WEIGHTS_NAME, device=str(accelerator.device)), strict=True)
+        model.load_state_dict(load_file(ckpt / WEIGHTS_NAME), strict=True)  # copied onto the device
         extra = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
         optimizer.load_state_dict(extra["optimizer"])
         rngs = extra["rng"]
@@ -362,7 +365,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: bool = False, progress: b
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             states = _rng_states(accelerator.device)
             gathered = {k: accelerator.gather(v.to(accelerator.device).unsqueeze(0)).cpu() for k, v in states.items()}
-            rngs = [{k: v[r] for k, v in gathered.items()} for r in range(accelerator.num_processes)]
+            # clone: a view into the gathered tensor (storage offset > 0) crashes torch.set_rng_state
+            rngs = [{k: v[r].clone() for k, v in gathered.items()} for r in range(accelerator.num_processes)]
             if main:
                 save_checkpoint(out_dir, done, raw, optimizer, rngs, cfg.keep_checkpoints)
             accelerator.wait_for_everyone()
@@ -372,7 +376,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: bool = False, progress: b
     if main:
         raw.save_pretrained(tok_dir)
     accelerator.wait_for_everyone()
-    return {"tokenizer_dir": str(tok_dir), "steps": cfg.steps, "start_step": start,
+    return {"tokenizer_dir": str(tok_dir), "steps": cfg.steps, "start_step": start, "main_process": main,
             "wall_s": time.perf_counter() - t0, "last": last, "eval": last_eval}
 
 

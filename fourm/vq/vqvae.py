@@ -422,7 +422,7 @@ class ImageTokenizer(nn.Module):
             raise ValueError(f"{weights_path} does not match the hash in {meta_path}; the save was interrupted")
         config = from_dict(TokenizerConfig, meta["config"])
         model = cls(config, sync_codebook=False)
-        model.load_state_dict(load_file(weights_path, device=str(map_location)), strict=True)
+        model.load_state_dict(load_file(weights_path), strict=True)
         return model.to(map_location).eval()
 
 
