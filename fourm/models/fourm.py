@@ -20,6 +20,19 @@ decoder slots that hold a target, one head per modality.
 
 Decoder self-attention stays within a modality: all-to-all for images, causal for sequences.
 Cross-attention sees the non-empty encoder slots.
+
+Encoder-only features (classification, retrieval, probing; no decoder is run), from any subset
+of the input modalities::
+
+    feats = model.extract_features({"rgb@224": images})      # images (B, 3, 224, 224), normalised
+    feats.pooled            # (B, D) mean over all input tokens
+    feats.per_modality["rgb@224"]  # (B, D) mean over that modality's tokens
+    feats.tokens, feats.is_valid   # (B, N, D), (B, N) per-token features after encoder_norm
+
+Generation reuses the steps: ``enc = model.encode(batch, N)`` once, ``model.context_kv(enc.context)``
+for the cross-attention keys/values of every decoder block, then per step ``forward_decoder`` /
+``run_decoder`` (with ``context_kv``) and ``decode_logits`` for the positions marked
+``is_target``.
 """
 from __future__ import annotations
 
@@ -341,11 +354,19 @@ class FourM(nn.Module):
         causal = pos[:, None, :] <= pos[:, :, None]  # key position <= query position
         return (same & (~seq_row[:, :, None] | causal))[:, None]
 
-    def run_decoder(self, y: Tensor, context: Tensor, self_mask: Tensor, context_valid: Tensor) -> Tensor:
-        """Decoder blocks + decoder_norm. y (B, M, D), context (B, N, D) -> (B, M, D)."""
+    def context_kv(self, context: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per decoder block, the cross-attention keys and values of ``context`` (B, N, D), each
+        (B, H, N, hd). Generation computes them once per encoding and passes them to
+        :meth:`run_decoder` at every decoding step."""
+        return [blk.context_kv(context) for blk in self.decoder]
+
+    def run_decoder(self, y: Tensor, context: Tensor | None, self_mask: Tensor, context_valid: Tensor,
+                    context_kv: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
+        """Decoder blocks + decoder_norm. y (B, M, D), context (B, N, D) (or its
+        :meth:`context_kv`), self_mask (B, 1, M, M), context_valid (B, N) -> (B, M, D)."""
         xa_mask = _key_mask(context_valid)
-        for blk in self.decoder:
-            y = blk(y, context, self_mask, xa_mask)
+        for i, blk in enumerate(self.decoder):
+            y = blk(y, context, self_mask, xa_mask, None if context_kv is None else context_kv[i])
         return self.decoder_norm(y)
 
     def forward_decoder(self, batch: Batch, enc: EncoderState, num_decoder_tokens: int) -> DecoderState:
