@@ -290,7 +290,7 @@ def test_gelu_bias_and_qk_norm_variants_run():
     batch = make_batch(reg)
     loss = model(batch, *slots(batch, model)).loss
     loss.backward()
-    assert math.isfinite(float(loss))
+    assert math.isfinite(loss.item())
 
 
 def test_reused_gradient_memory_gives_autograd_gradients():
