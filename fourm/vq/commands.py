@@ -31,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
+    tt = sub.add_parser("train-text", help="train the WordPiece text tokenizer on ShapesWorld captions")
+    tt.add_argument("--out", required=True, help="output folder (tokenizer.json + config.json)")
+    tt.add_argument("--seed", type=int, default=0, help="world seed of the training scenes (default 0)")
+    tt.add_argument("--num-samples", type=int, default=20000, help="scenes whose captions are used (default 20000)")
+    tt.add_argument("--vocab-size", type=int, default=8192, help="upper bound on the vocabulary (default 8192)")
+    tt.set_defaults(func=_train_text)
+
     ev = sub.add_parser("eval", help="reconstruction metrics of trained tokenizers on fresh ShapesWorld scenes")
     ev.add_argument("--tokenizers", required=True, help="folder with rgb/, depth/, semseg/ tokenizer subfolders")
     ev.add_argument("--seed", type=int, required=True, help="world seed of the scenes (one never used in training)")
@@ -68,6 +75,22 @@ def _train(args: argparse.Namespace) -> int:
         print(f"  last loss {last['loss']:.4f}, codebook usage {last['usage']:.3f}, perplexity {last['perplexity']:.1f}")
     if ev:
         print("  held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items() if k != "step"))
+    return 0
+
+
+def _train_text(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from fourm.data import shapes_world as sw
+    from fourm.vq.text import train_text_tokenizer
+
+    if args.num_samples < 1:
+        raise SystemExit(f"--num-samples={args.num_samples} is not allowed: use an integer >= 1")
+    captions = (sw.render_scene(args.seed, i)["caption"]
+                for i in tqdm(range(args.num_samples), desc="captions", unit="scene"))
+    tok = train_text_tokenizer(captions, class_names=sw.SHAPE_CLASSES, vocab_size=args.vocab_size)
+    tok.save_pretrained(args.out)
+    print(f"text tokenizer: vocab {tok.vocab_size}, classes {', '.join(tok.class_names)} -> {args.out}")
     return 0
 
 
