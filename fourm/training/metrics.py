@@ -1,0 +1,95 @@
+"""Where training metrics go: a JSON-lines file, optionally TensorBoard, and per-rank sample-key logs.
+
+``metrics.jsonl`` holds one object per line: training lines ``{"step", "split": "train", "loss",
+"loss/<modality>", "lr", "grad_norm", "tokens_per_s", ...}`` and validation lines ``{"step",
+"split": "val", "loss", "loss/<modality>"}``. When a run resumes from step ``s``, lines of steps
+after ``s`` (written by the interrupted run after its last checkpoint) are dropped first, so the
+file always describes one consistent run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def truncate_jsonl(path: str | os.PathLike, max_step: int) -> int:
+    """Keep only the lines of ``path`` whose ``step`` is <= ``max_step`` (atomic rewrite); returns lines dropped."""
+    p = Path(path)
+    if not p.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in p.read_text().splitlines():
+        try:
+            step = json.loads(line).get("step", 0)
+        except (json.JSONDecodeError, AttributeError):
+            dropped += 1  # a line cut by a crash
+            continue
+        if step <= max_step:
+            keep.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(line + "\n" for line in keep))
+        os.replace(tmp, p)
+    return dropped
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN; keep the line valid
+    return value
+
+
+class JsonlWriter:
+    """Append JSON objects as lines, flushed after each line."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a")
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._f.write(json.dumps({k: _clean(v) for k, v in record.items()}, sort_keys=True) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class MetricsLog:
+    """``metrics.jsonl`` and, if asked for, TensorBoard scalars (main process only).
+
+    Args:
+        out_dir: the run folder.
+        tensorboard: also write ``out_dir/tensorboard`` event files.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, tensorboard: bool = False) -> None:
+        self.jsonl = JsonlWriter(Path(out_dir) / "metrics.jsonl")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # the tensorboard package is optional
+                raise RuntimeError("logging.tensorboard=true needs the 'tensorboard' package "
+                                   f"(pip install tensorboard), or set logging.tensorboard=false ({e})") from None
+            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self.jsonl.write(record)
+        if self.tb is not None:
+            split, step = record.get("split", "train"), int(record["step"])
+            for k, v in record.items():
+                if k not in ("step", "split") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{split}/{k}", v, step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,111 @@
+"""AdamW with weight-decay groups, and the warm-up + cosine learning-rate schedule.
+
+    groups = param_groups(model, weight_decay=0.05)
+    opt = build_optimizer(model, OptimConfig(lr=1e-3))
+    sched = build_scheduler(opt, OptimConfig(...), total_steps=1000)   # LambdaLR, step once per update
+
+Weight decay applies to weight matrices only. It is never applied to parameters with fewer than
+two dimensions (norm scales, biases), to modality vectors (``mod_emb``) and the mask token (as the
+reference's ``no_weight_decay``), and to token embedding tables only if ``decay_embeddings``
+(the reference decays them). Parameters shared under several names (a modality vector used by a
+modality's encoder and decoder embedding) appear once.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fourm.training.config import OptimConfig
+
+NO_DECAY_NAMES: tuple[str, ...] = ("mod_emb", "mask_token")
+
+
+def _is_no_decay(name: str, param: nn.Parameter, embedding_params: set[int], decay_embeddings: bool) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    if param.ndim < 2 or leaf in NO_DECAY_NAMES or leaf == "bias":
+        return True
+    return (not decay_embeddings) and id(param) in embedding_params
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = True) -> list[dict]:
+    """Two AdamW parameter groups: ``decay`` and ``no_decay`` (see the module docstring).
+
+    Args:
+        model: the model (may be wrapped, e.g. by DDP; names are only used for the rule).
+        weight_decay: decay of the ``decay`` group.
+        decay_embeddings: whether ``nn.Embedding`` weights are decayed.
+
+    Returns:
+        ``[{"params", "weight_decay", "name": "decay"}, {... "name": "no_decay"}]``; trainable
+        parameters only, each once, in ``named_parameters`` order (deterministic).
+    """
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # named_parameters already skips shared duplicates
+        if not p.requires_grad:
+            continue
+        (no_decay if _is_no_decay(name, p, embedding_params, decay_embeddings) else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+def fused_supported(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW can take these parameters (all floating, all on CUDA or all on CPU)."""
+    devices = {p.device.type for p in params}
+    return bool(params) and len(devices) == 1 and devices <= {"cuda", "cpu"} and all(
+        p.is_floating_point() for p in params)
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; fused when ``config.fused`` is true, or null and supported."""
+    groups = param_groups(model, config.weight_decay, config.decay_embeddings)
+    params = [p for g in groups for p in g["params"]]
+    fused = fused_supported(params) if config.fused is None else config.fused
+    if fused and not fused_supported(params):
+        raise ValueError("optim.fused=true but the parameters are not all floating tensors on one CUDA or CPU "
+                         "device; set optim.fused to null (auto) or false")
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
+                             weight_decay=config.weight_decay, fused=bool(fused))
+
+
+class WarmupCosine:
+    """Multiplier of the peak learning rate at optimizer step ``s`` (a pure function of ``s``).
+
+    Linear warm-up ``(s + 1) / warmup_steps`` for ``s < warmup_steps``; then either constant 1 or a
+    half cosine from 1 down to ``min_ratio`` at ``s = total_steps - 1``.
+
+    Args:
+        total_steps: steps of the run.
+        warmup_steps: warm-up length.
+        min_ratio: ``min_lr / lr``.
+        schedule: ``"cosine"`` or ``"constant"``.
+    """
+
+    def __init__(self, total_steps: int, warmup_steps: int, min_ratio: float, schedule: str = "cosine") -> None:
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule={schedule!r}; allowed: 'cosine', 'constant'")
+        if total_steps < 1 or not 0 <= warmup_steps <= total_steps or not 0 <= min_ratio <= 1:
+            raise ValueError(f"need total_steps >= 1, 0 <= warmup_steps <= total_steps and min_ratio in [0, 1]; got "
+                             f"{total_steps}, {warmup_steps}, {min_ratio}")
+        self.total_steps, self.warmup_steps = total_steps, warmup_steps
+        self.min_ratio, self.schedule = min_ratio, schedule
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        span = max(1, self.total_steps - 1 - self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` with :class:`WarmupCosine`; call ``step()`` once per optimizer step (also skipped ones)."""
+    fn = WarmupCosine(total_steps, config.warmup_steps, config.min_lr / config.lr, config.schedule)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

@@ -1,0 +1,345 @@
+"""Training: config strictness, optimizer groups and schedule, exact resume, faults, checkpoints.
+
+Everything runs the tiny config (configs/fm/shapes_tiny.yaml) on synthetic token shards written
+here with ShardWriter, in one CPU process; the multi-process test is in test_training_distributed.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fourm.config import ConfigError
+from fourm.data.shard_reader import CorruptSampleError
+from fourm.data.shards import ShardWriter, encode_sample
+from fourm.masking import UnifiedMasking
+from fourm.models import FourM
+from fourm.training import checkpoint as ckpt
+from fourm.training.config import load_train_config
+from fourm.training.data import MixtureStream, count_slots, default_field
+from fourm.training.optim import WarmupCosine, param_groups
+from fourm.training.synthetic import synthetic_sample, truncate_file, write_synthetic_token_shards
+from fourm.training.trainer import NonFiniteLossError, Trainer, apply_activation_checkpointing, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "fm" / "shapes_tiny.yaml"
+STEPS = 40  # 96 samples / batch 8 = 12 micro-batches per epoch: the runs cross three epochs
+
+
+def tiny(out: Path, tok: Path, *overrides: str):
+    return load_train_config(TINY, [f"out_dir={out}", f"data.train.shapes.shards={tok}", "threads=1",
+                                    "logging.progress=false", *overrides])
+
+
+def registry():
+    return load_train_config(TINY, ["data.train.shapes.shards=unused"]).modalities.registry()
+
+
+def metrics(out: Path, split: str = "train") -> list[dict]:
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in lines if x["split"] == split]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tok")
+    write_synthetic_token_shards(d, registry(), num_samples=96, shard_size=32, seed=0)
+    return d
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, tok) -> Path:
+    """An uninterrupted run of STEPS steps (the reference for the resume tests)."""
+    out = tmp_path_factory.mktemp("straight")
+    summary = train(tiny(out, tok, f"steps={STEPS}", "checkpoint.every=100"))
+    assert summary.step == STEPS and summary.stopped_by is None
+    return out
+
+
+# ---- config ---------------------------------------------------------------------------------------
+
+def test_config_rejects_unknown_keys_and_bad_combinations(tmp_path, tok):
+    with pytest.raises(ConfigError, match=r"TrainConfig\.optim: unknown key\(s\) \['lrr'\]"):
+        tiny(tmp_path, tok, "optim.lrr=1.0")
+    with pytest.raises(ConfigError, match=r"TrainConfig\.data\.train\.shapes: unknown key\(s\) \['shardz'\]"):
+        tiny(tmp_path, tok, "data.train.shapes.shardz=x")
+    with pytest.raises(ConfigError, match="unknown key"):
+        tiny(tmp_path, tok, "masking.components=[{name: a, input_alpha: {tok_rgb: 1.0}}]")
+    with pytest.raises(ConfigError, match="masking.modalities: 'det' is not a model modality"):
+        tiny(tmp_path, tok, "modalities.names=[tok_rgb, tok_depth, tok_semseg, caption]")
+    with pytest.raises(ConfigError, match="warmup_steps=50 exceeds steps=20"):
+        tiny(tmp_path, tok, "optim.warmup_steps=50")
+    with pytest.raises(ConfigError, match="batch_size=0"):
+        tiny(tmp_path, tok, "data.batch_size=0")
+    cfg = tiny(tmp_path, tok, "optim.lr=3e-4", "data.train.shapes.weight=2")
+    assert cfg.optim.lr == 3e-4 and cfg.data.train["shapes"].weight == 2.0
+    # the token shards' metadata.json says tok_rgb has 1024 codes: a smaller model vocabulary is refused
+    with pytest.raises(ValueError, match=r"set modalities.image_vocab.tok_rgb=1024"):
+        Trainer(tiny(tmp_path, tok, "modalities.image_vocab.tok_rgb=512"))
+
+
+def test_cli_reports_config_errors(tmp_path, tok, capsys):
+    from fourm.training.commands import main
+
+    assert main([str(TINY), f"out_dir={tmp_path}", f"data.train.shapes.shards={tok}", "stepz=3"]) == 2
+    assert "unknown key(s) ['stepz']" in capsys.readouterr().err
+
+
+# ---- optimizer ------------------------------------------------------------------------------------
+
+def test_param_groups_and_schedule():
+    model = FourM(tiny(Path("x"), Path("y")).model.fourm_config(registry()))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = param_groups(model, 0.05)
+    assert {g["name"] for g in (decay, no_decay)} == {"decay", "no_decay"}
+    no = {names[id(p)] for p in no_decay["params"]}
+    yes = {names[id(p)] for p in decay["params"]}
+    assert "mask_token" in no and any(n.endswith("mod_emb") for n in no)
+    assert any(n.endswith("norm1.weight") for n in no) and any(n.endswith("decoder_proj_context.bias") for n in no)
+    assert any(n.endswith("attn.qkv.weight") for n in yes) and any(n.endswith("token_emb.weight") for n in yes)
+    assert len(no) + len(yes) == len(list(model.parameters()))  # every parameter once
+    _, no2 = param_groups(model, 0.05, decay_embeddings=False)
+    assert any(names[id(p)].endswith("token_emb.weight") for p in no2["params"])
+
+    f = WarmupCosine(total_steps=100, warmup_steps=10, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(99) == pytest.approx(0.1)
+    assert f(55) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 89)))
+    assert all(f(s) >= f(s + 1) for s in range(10, 99))
+
+
+# ---- exact resume ---------------------------------------------------------------------------------
+
+def test_exact_resume_is_bitwise(tmp_path, tok, straight):
+    half = STEPS // 2 + 3  # mid-epoch (12 micro-batches per epoch)
+    first = train(tiny(tmp_path, tok, f"steps={STEPS}", "checkpoint.every=100"), until_step=half)
+    assert first.stopped_by == "until_step" and first.step == half
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [half]
+    with pytest.raises(FileExistsError, match="--resume auto"):
+        Trainer(tiny(tmp_path, tok, f"steps={STEPS}", "checkpoint.every=100"))
+    # the second half with DataLoader workers: masks and order must not depend on them
+    second = train(tiny(tmp_path, tok, f"steps={STEPS}", "checkpoint.every=100", "data.num_workers=2"),
+                   resume="auto")
+    assert second.start_step == half and second.step == STEPS
+    assert_same_weights(weights(straight / "model"), weights(tmp_path / "model"))
+    a, b = metrics(straight), metrics(tmp_path)
+    assert [x["step"] for x in b] == list(range(1, STEPS + 1))
+    assert [x["loss"] for x in a] == [x["loss"] for x in b]
+    assert [x["tokens_seen"] for x in a] == [x["tokens_seen"] for x in b]
+    opt_a = ckpt.load_optimizer_state(straight / "checkpoints" / ckpt.checkpoint_name(STEPS))["state"]
+    opt_b = ckpt.load_optimizer_state(tmp_path / "checkpoints" / ckpt.checkpoint_name(STEPS))["state"]
+    assert all(torch.equal(opt_a[i]["exp_avg_sq"], opt_b[i]["exp_avg_sq"]) for i in opt_a)
+    assert a[-1]["loss"] < a[0]["loss"]  # it learns something
+    model = FourM.from_pretrained(tmp_path / "model")  # the exported model loads
+    assert model.config.dim == 32
+
+
+def test_sigterm_then_resume_loses_no_step(tmp_path, tok, straight):
+    cmd = [sys.executable, "-m", "fourm.training.commands", str(TINY), f"out_dir={tmp_path}",
+           f"data.train.shapes.shards={tok}", "threads=1", f"steps={STEPS}", "checkpoint.every=100", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"run ended before the signal: {proc.communicate()}"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    stopped = json.loads(out.strip().splitlines()[-1])
+    assert stopped["stopped_by"] == "SIGTERM" and 2 <= stopped["step"] < STEPS
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [stopped["step"]]
+    assert [x["step"] for x in metrics(tmp_path)] == list(range(1, stopped["step"] + 1))
+    done = train(tiny(tmp_path, tok, f"steps={STEPS}", "checkpoint.every=100"), resume="auto")
+    assert done.start_step == stopped["step"] and done.step == STEPS
+    assert [x["step"] for x in metrics(tmp_path)] == list(range(1, STEPS + 1))
+    assert [x["loss"] for x in metrics(tmp_path)] == [x["loss"] for x in metrics(straight)]
+    assert_same_weights(weights(straight / "model"), weights(tmp_path / "model"))
+
+
+# ---- faults ---------------------------------------------------------------------------------------
+
+def _inject_nan(trainer: Trainer, bad_steps: set[int]) -> None:
+    original = trainer.compute_loss
+
+    def compute_loss(batch):
+        out = original(batch)
+        if trainer.step + 1 in bad_steps:
+            out.loss = out.loss * float("nan")
+        return out
+
+    trainer.compute_loss = compute_loss
+
+
+def test_nonfinite_step_is_skipped_and_counted(tmp_path, tok):
+    trainer = Trainer(tiny(tmp_path, tok, "steps=6", "max_nonfinite_steps=2"))
+    _inject_nan(trainer, {3})
+    at_start: dict[int, dict[str, torch.Tensor]] = {}  # weights before step s + 1, by s
+
+    def snapshot(batch, _orig=trainer.compute_loss):
+        at_start.setdefault(trainer.step, {n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+        return _orig(batch)
+
+    trainer.compute_loss = snapshot
+    summary = trainer.fit()
+    trainer.close()
+    assert summary.step == 6 and summary.nonfinite_steps == 1
+    lines = metrics(tmp_path)
+    assert [x["nonfinite_steps"] for x in lines] == [0, 0, 1, 1, 1, 1]
+    assert all(math.isfinite(x["loss"]) for x in lines if x["step"] != 3)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert_same_weights(at_start[2], at_start[3])  # step 3 was skipped: no update
+    assert not all(torch.equal(at_start[1][n], at_start[2][n]) for n in at_start[1])  # step 2 was not
+    assert not all(torch.equal(at_start[3][n], at_start[4][n]) for n in at_start[3])  # training goes on
+    assert {int(st["step"]) for st in trainer.optimizer.state_dict()["state"].values()} == {5}
+
+
+def test_nonfinite_steps_in_a_row_abort_with_batch_saved(tmp_path, tok):
+    trainer = Trainer(tiny(tmp_path, tok, "steps=8", "max_nonfinite_steps=3"))
+    _inject_nan(trainer, {2, 4, 5, 6})
+    with pytest.raises(NonFiniteLossError, match="3 non-finite steps in a row"):
+        trainer.fit()
+    trainer.close()
+    assert trainer.nonfinite_steps == 4  # step 2 alone was skipped, 4-6 in a row aborted
+    saved = list((tmp_path / "debug").glob("*.pt"))
+    assert [p.name for p in saved] == ["nonfinite-step-00000006-rank0.pt"]
+    dump = torch.load(saved[0], weights_only=False)
+    assert dump["step"] == 6 and len(dump["keys"][0]) == 8
+    assert set(dump["batches"][0]) == {"tok_rgb", "tok_depth", "tok_semseg", "caption", "det"}
+
+
+def test_truncated_shard_and_invalid_sample_are_skipped_and_counted(tmp_path):
+    data = tmp_path / "tok"
+    reg = registry()
+    write_synthetic_token_shards(data, reg, num_samples=48, shard_size=16, seed=1)
+    truncate_file(data / "shard-00000.tar", 0.5)  # an interrupted copy: its last readable sample is cut
+    bad = synthetic_sample(reg, np.random.default_rng(0))
+    bad["tok_rgb"] = bad["tok_rgb"][:4]  # a (4, 8) grid: cannot be masked as tok_rgb
+    with ShardWriter(data, prefix="zbad", shard_size=4) as w:
+        w.write("bad000", encode_sample(bad))
+    slots = count_slots(str(data))
+    assert 1 + 16 + 16 + 1 <= slots <= 48  # the truncated shard keeps its first samples
+    # one full epoch with batch 1 and two workers: every slot is consumed once
+    summary = train(tiny(tmp_path / "run", data, f"steps={slots}", "data.batch_size=1", "data.num_workers=2",
+                         "logging.every=100", "checkpoint.every=1000", "optim.warmup_steps=1"))
+    assert summary.step == slots
+    assert summary.skipped_samples == 1 and summary.invalid_samples == 1
+    assert metrics(tmp_path / "run")[-1]["skipped_samples"] == 1
+    with pytest.raises(CorruptSampleError, match="truncated"):
+        train(tiny(tmp_path / "strict", data, f"steps={slots}", "data.batch_size=1", "data.strict=true",
+                   "data.shuffle=false"))
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+
+def test_checkpoints_keep_last_k_and_are_atomic(tmp_path, tok, monkeypatch):
+    train(tiny(tmp_path, tok, "steps=12", "checkpoint.every=2", "checkpoint.keep_last=2"), until_step=8)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [6, 8]
+    meta = ckpt.read_meta(tmp_path / "checkpoints" / ckpt.checkpoint_name(8))
+    assert meta["format_version"] == ckpt.FORMAT_VERSION and meta["step"] == 8
+    state = ckpt.load_trainer_state(tmp_path / "checkpoints" / ckpt.checkpoint_name(8))
+    assert state["config"]["steps"] == 12 and state["data"]["sources"][0] == {"epoch": 0, "next_chunk": 8}
+    assert {"python", "numpy", "torch"} <= set(state["ranks"][0]["rng"])
+    # a crash while writing step 10 leaves no step-10 folder and keeps step 8 as the newest
+    stale = tmp_path / "checkpoints" / ".step-00000009.123.abcd.tmp"
+    stale.mkdir()
+    (stale / "optimizer.pt").write_bytes(b"partial")
+    real_save = ckpt.CheckpointWriter.save_torch
+
+    def crash(self, name, obj):
+        if self.step == 10 and name == ckpt.STATE_NAME:
+            raise OSError("disk full")
+        real_save(self, name, obj)
+
+    monkeypatch.setattr(ckpt.CheckpointWriter, "save_torch", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train(tiny(tmp_path, tok, "steps=12", "checkpoint.every=2", "checkpoint.keep_last=2"), resume="auto")
+    assert ckpt.latest_checkpoint(tmp_path).name == ckpt.checkpoint_name(8)
+    assert not any(p.name.startswith(".step-00000010") for p in (tmp_path / "checkpoints").iterdir())
+    monkeypatch.undo()
+    done = train(tiny(tmp_path, tok, "steps=12", "checkpoint.every=2", "checkpoint.keep_last=2"), resume="auto")
+    assert done.start_step == 8 and done.step == 12
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000010", "step-00000012"]
+    with pytest.raises(ConfigError, match="cannot resume: .*data.batch_size"):
+        Trainer(tiny(tmp_path, tok, "steps=12", "data.batch_size=4"), resume="auto")
+    with pytest.raises(FileNotFoundError, match="no checkpoint there"):
+        Trainer(tiny(tmp_path, tok, "steps=12"), resume=str(tmp_path / "nowhere"))
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+def test_mixture_of_two_shard_sets_with_own_masking(tmp_path, tok):
+    other = tmp_path / "img_only"
+    write_synthetic_token_shards(other, registry().subset(["tok_rgb", "tok_depth"]), num_samples=32,
+                                 shard_size=32, seed=5)
+    img_masking = ("{modalities: [tok_rgb, tok_depth], num_input_tokens: 16, num_target_tokens: 16, components: "
+                   "[{input_alphas: {tok_rgb: 1.0, tok_depth: 1.0}, target_alphas: {tok_rgb: 1.0, tok_depth: 1.0}}]}")
+    cfg = tiny(tmp_path / "run", tok, "steps=8", "logging.sample_keys=true", "data.train.shapes.weight=1",
+               f"data.train.images={{shards: {other}, weight: 3, masking: {img_masking}}}")
+    summary = train(cfg)
+    assert summary.step == 8
+    logged = [json.loads(x) for x in (tmp_path / "run" / "samples" / "rank0.jsonl").read_text().splitlines()]
+    trainer_sources = [x["source"] for x in logged]  # sorted names: 0 = images, 1 = shapes
+    stream = MixtureStream([None, None], [3.0, 1.0], seed=cfg.seed)  # type: ignore[list-item]
+    assert trainer_sources == [stream.choose(k) for k in range(8)]
+    draws = [stream.choose(k) for k in range(4000)]
+    assert abs(draws.count(0) / 4000 - 0.75) < 0.03
+    logged_losses = set().union(*metrics(tmp_path / "run"))
+    assert {"loss/tok_rgb", "loss/caption"} <= logged_losses
+
+
+def test_validation_is_deterministic_and_logged(tmp_path, tok):
+    val = tmp_path / "val"
+    write_synthetic_token_shards(val, registry(), num_samples=24, shard_size=24, seed=9)
+    trainer = Trainer(tiny(tmp_path / "run", tok, "steps=4", f"val={{shards: {val}, every: 2, max_batches: 2}}"))
+    first, again = trainer.validate(), trainer.validate()
+    assert first == again and first["batches"] == 2
+    assert set(first) >= {"loss/tok_rgb", "loss/tok_depth", "loss/tok_semseg", "loss/caption", "loss/det"}
+    summary = trainer.fit()
+    trainer.close()
+    assert [x["step"] for x in metrics(tmp_path / "run", "val")] == [2, 4]
+    assert summary.val["loss"] != first["loss"]
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tok):
+    cfg = tiny(Path("unused"), tok)
+    reg = cfg.modalities.registry()
+    plain, wrapped = FourM(cfg.model.fourm_config(reg), seed=3), FourM(cfg.model.fourm_config(reg), seed=3)
+    apply_activation_checkpointing(wrapped)
+    assert plain.state_dict().keys() == wrapped.state_dict().keys()  # checkpoints stay loadable
+    rng = np.random.default_rng(0)
+    samples = [synthetic_sample(reg, rng) for _ in range(4)]
+    raw = {s.name: [x[default_field(s)] for x in samples] for s in reg}
+    raw = {n: (np.stack(v) if reg[n].kind == "image" else v) for n, v in raw.items()}
+    batch = UnifiedMasking(cfg.masking, reg).mask_batch(raw, 0)
+    for model in (plain, wrapped):
+        model(batch, 32, 32).loss.backward()
+    grads = {n: p.grad for n, p in plain.named_parameters()}
+    for n, p in wrapped.named_parameters():
+        key = n.replace("._checkpoint_wrapped_module", "")
+        assert (p.grad is None) == (grads[key] is None), key
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, grads[key], rtol=1e-5, atol=1e-7)
