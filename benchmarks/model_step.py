@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fourm.modalities import ml4m_modalities
-from fourm.models import FourM, FourMConfig
+from fourm.models import DecoderState, FourM, FourMConfig
 
 SETTINGS = {
     "a": dict(dim=96, encoder_depth=3, decoder_depth=3, num_heads=3),
@@ -74,6 +74,13 @@ def make_batch(reg, batch_size: int, n_in: int, n_tgt: int, seed: int = 0) -> di
     return batch
 
 
+def _load() -> str:
+    try:
+        return open("/proc/loadavg").read().split()[0]
+    except OSError:
+        return "?"
+
+
 def _ms(fn, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
@@ -98,7 +105,6 @@ def breakdown(model: FourM, batch: dict, n: int, m: int, opt: torch.optim.Optimi
         t.append(time.perf_counter())
         hidden = model.run_decoder(x + demb, context, model.decoder_self_mask(dsel), sel.is_valid)
         t.append(time.perf_counter())
-        from fourm.models.fourm import DecoderState
         loss = model.forward_loss(DecoderState(demb, x + demb, hidden, targets, dsel)).loss
         t.append(time.perf_counter())
         loss.backward()
@@ -134,6 +140,7 @@ def run(setting: str, args) -> None:
         with torch.no_grad():
             model(batch, n, m)
 
+    load_before = _load()
     n_params = sum(p.numel() for p in params)
     vocab = sum(p.numel() for name, p in model.named_parameters() if "token_emb" in name or "to_logits" in name)
     print(f"\n== setting ({setting}) {SETTINGS[setting]}; {n_params / 1e6:.1f}M params "
@@ -156,6 +163,7 @@ def run(setting: str, args) -> None:
     print(f"fwd+bwd      {med(fb):8.1f} ms  (min {min(fb):.1f}, max {max(fb):.1f})  reference ~{ref_fb:.0f} ms -> {ref_fb / med(fb):.2f}x")
     print(f"eval forward {med(ev):8.1f} ms  (min {min(ev):.1f}, max {max(ev):.1f})  {tokens / med(ev) * 1000:9.0f} tokens/s")
     parts = breakdown(model, batch, n, m, opt, max(3, args.repeats // 2))
+    print(f"load average (1 min) before {load_before}, after {_load()}: other processes share the cores")
     total = sum(parts.values())
     print("breakdown (median ms): " + ", ".join(f"{k} {v:.1f} ({100 * v / total:.0f}%)" for k, v in parts.items()))
     if args.profile:
