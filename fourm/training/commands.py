@@ -51,6 +51,9 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         summary = train(cfg, resume=args.resume, until_step=args.until_step,
                         progress=False if args.no_progress else None)
+    except ConfigError as e:  # e.g. a vocabulary that disagrees with the shards, or a resume mismatch
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -69,7 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fourm.training.commands", description="Train a FourM.")
     add_train_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may also follow the options
     return args.func(args)
 
 

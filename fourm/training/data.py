@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from fourm.config import ConfigError
 from fourm.data.shard_reader import ShardDataset
 from fourm.masking import Batch, UnifiedMasking, collate_masked, generator_for
 from fourm.modalities import ModalityRegistry, ModalitySpec
@@ -176,7 +177,7 @@ def check_vocab_against_metadata(shards: str | Sequence[str], specs: Mapping[str
                 continue
             setting = "modalities.text_vocab" if spec.kind == "sequence" else f"modalities.image_vocab.{name}"
             if vocab > spec.vocab_size:
-                raise ValueError(f"{where}: {folder}/metadata.json gives {field_name!r} a vocabulary of {vocab}, the "
+                raise ConfigError(f"{where}: {folder}/metadata.json gives {field_name!r} a vocabulary of {vocab}, the "
                                  f"model's {name!r} has {spec.vocab_size}; set {setting}={vocab}")
             if vocab < spec.vocab_size:
                 logger.warning("%s: %s has vocabulary %d in %s/metadata.json, the model %d (%s)",

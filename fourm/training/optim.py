@@ -22,34 +22,54 @@ from fourm.training.config import OptimConfig
 NO_DECAY_NAMES: tuple[str, ...] = ("mod_emb", "mask_token")
 
 
-def _is_no_decay(name: str, param: nn.Parameter, embedding_params: set[int], decay_embeddings: bool) -> bool:
-    leaf = name.rsplit(".", 1)[-1]
-    if param.ndim < 2 or leaf in NO_DECAY_NAMES or leaf == "bias":
-        return True
-    return (not decay_embeddings) and id(param) in embedding_params
+# Name segments that wrappers insert (DDP, FSDP, activation checkpointing, torch.compile).
+WRAPPER_SEGMENTS: tuple[str, ...] = ("module", "_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = True) -> list[dict]:
+def clean_name(name: str) -> str:
+    """A parameter name without wrapper segments: the name in the bare model's state dict."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_SEGMENTS)
+
+
+def no_decay_names(model: nn.Module, decay_embeddings: bool = True) -> set[str]:
+    """Names (wrapper segments removed) of the parameters that get no weight decay.
+
+    Call it on the bare model: FSDP replaces parameters by flat 1-D shards, so shapes must be read
+    before wrapping.
+    """
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    out = set()
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if p.ndim < 2 or leaf in NO_DECAY_NAMES or leaf == "bias" or (
+                not decay_embeddings and id(p) in embedding_params):
+            out.add(clean_name(name))
+    return out
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = True,
+                 no_decay: set[str] | None = None) -> list[dict]:
     """Two AdamW parameter groups: ``decay`` and ``no_decay`` (see the module docstring).
 
     Args:
-        model: the model (may be wrapped, e.g. by DDP; names are only used for the rule).
+        model: the model, bare or wrapped (DDP, FSDP with ``use_orig_params``, checkpoint wrappers).
         weight_decay: decay of the ``decay`` group.
         decay_embeddings: whether ``nn.Embedding`` weights are decayed.
+        no_decay: :func:`no_decay_names` of the bare model; needed when ``model`` is FSDP-wrapped.
 
     Returns:
         ``[{"params", "weight_decay", "name": "decay"}, {... "name": "no_decay"}]``; trainable
         parameters only, each once, in ``named_parameters`` order (deterministic).
     """
-    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
+    if no_decay is None:
+        no_decay = no_decay_names(model, decay_embeddings)
+    decay, keep = [], []
     for name, p in model.named_parameters():  # named_parameters already skips shared duplicates
-        if not p.requires_grad:
-            continue
-        (no_decay if _is_no_decay(name, p, embedding_params, decay_embeddings) else decay).append(p)
+        if p.requires_grad:
+            (keep if clean_name(name) in no_decay else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+        {"params": keep, "weight_decay": 0.0, "name": "no_decay"},
     ]
 
 
@@ -60,9 +80,12 @@ def fused_supported(params: list[torch.Tensor]) -> bool:
         p.is_floating_point() for p in params)
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; fused when ``config.fused`` is true, or null and supported."""
-    groups = param_groups(model, config.weight_decay, config.decay_embeddings)
+def build_optimizer(model: nn.Module, config: OptimConfig, no_decay: set[str] | None = None) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; fused when ``config.fused`` is true, or null and supported.
+
+    Pass ``no_decay`` (:func:`no_decay_names` of the bare model) when ``model`` is FSDP-wrapped.
+    """
+    groups = param_groups(model, config.weight_decay, config.decay_embeddings, no_decay)
     params = [p for g in groups for p in g["params"]]
     fused = fused_supported(params) if config.fused is None else config.fused
     if fused and not fused_supported(params):

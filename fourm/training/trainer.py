@@ -49,7 +49,7 @@ from fourm.training.config import TrainConfig
 from fourm.training.data import MicroBatch, MixtureStream, SourceStream, empty_batch, modality_fields, validation_batches
 from fourm.training.distributed import apply_activation_checkpointing, build_accelerator
 from fourm.training.metrics import JsonlWriter, MetricsLog, truncate_jsonl
-from fourm.training.optim import build_optimizer, build_scheduler
+from fourm.training.optim import build_optimizer, build_scheduler, no_decay_names
 
 logger = logging.getLogger(__name__)
 STEP_SEED_TAG = 0x53544550
@@ -171,10 +171,11 @@ class Trainer:
                       seed=cfg.seed if cfg.model.init_seed is None else cfg.model.init_seed)
         if self.resume_from is not None:
             model.load_state_dict_checked(load_file(str(self.resume_from / ckpt.MODEL_DIR / "model.safetensors")))
+        no_decay = no_decay_names(model, cfg.optim.decay_embeddings)  # shapes are only known before FSDP
         if cfg.distributed.activation_checkpointing and not self.fsdp:
             apply_activation_checkpointing(model)
         self.model = acc.prepare(model)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.optimizer = build_optimizer(self.model, cfg.optim, no_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.steps)
         self.target_names = [s.name for s in self.registry if s.decoder]
         self.num_encoder_tokens, self.num_decoder_tokens = cfg.num_encoder_tokens, cfg.num_decoder_tokens
@@ -406,6 +407,15 @@ class Trainer:
             return self.accelerator.unwrap_model(self.model).save_pretrained(path)
         with torch.device("meta"):
             model = FourM(self.accelerator.unwrap_model(self.model).config)
+        model_sd = dict(model_sd)
+        aliases: dict[int, list[str]] = {}  # a gathered state dict may name a shared tensor once
+        for key, t in model.state_dict(keep_vars=True).items():
+            aliases.setdefault(id(t), []).append(key)
+        for keys in aliases.values():
+            present = [k for k in keys if k in model_sd]
+            for k in keys:
+                if present and k not in model_sd:
+                    model_sd[k] = model_sd[present[0]]
         model.load_state_dict_checked(model_sd, assign=True)
         return model.save_pretrained(path)
 
@@ -439,12 +449,27 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return path
 
+    def run_info(self) -> dict:
+        """How this run executes: processes, device, precision, sizes (written to ``out_dir/run_info.json``)."""
+        import accelerate
+
+        acc = self.accelerator
+        return {"distributed_type": acc.distributed_type.name, "num_processes": self.world_size,
+                "device": str(acc.device), "mixed_precision": acc.mixed_precision,
+                "parameters": sum(p.numel() for p in acc.unwrap_model(self.model).parameters()),
+                "fused_adamw": bool(self.optimizer.defaults.get("fused")),
+                "activation_checkpointing": self.config.distributed.activation_checkpointing,
+                "global_batch": self.config.data.batch_size * self.world_size * self.config.optim.grad_accum,
+                "torch": torch.__version__, "accelerate": accelerate.__version__,
+                "torch_threads": torch.get_num_threads()}
+
     # ------------------------------------------------------------------ the loop
     def _open_logs(self) -> None:
         self.metrics = None
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_json_atomic(to_dict(self.config), self.out_dir / "train_config.json")
+            save_json_atomic(self.run_info(), self.out_dir / "run_info.json")
             truncate_jsonl(self.out_dir / "metrics.jsonl", self.step)
             self.metrics = MetricsLog(self.out_dir, self.config.logging.tensorboard)
         self.sample_log = None
