@@ -26,7 +26,7 @@ import torch
 
 from fourm.training.config import load_train_config
 from fourm.training.synthetic import write_synthetic_token_shards
-from fourm.training.trainer import Trainer, _to_device
+from fourm.training.trainer import Trainer, to_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def main() -> None:
             trainer.data.next()
         data_ms = (time.perf_counter() - t) / args.data_batches * 1e3
         mb = trainer.data.next()
-        batch = _to_device(mb.batch, trainer.accelerator.device)
+        batch = to_device(mb.batch, trainer.accelerator.device)
         fb = []
         for _ in range(5):
             t = time.perf_counter()

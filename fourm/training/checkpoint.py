@@ -83,8 +83,9 @@ def resolve_resume(resume: str | None, out_dir: str | os.PathLike) -> Path | Non
         return latest_checkpoint(out_dir)
     p = Path(resume)
     if not (p / META_NAME).is_file():
+        example = Path(out_dir) / CHECKPOINT_DIR / checkpoint_name(1000)
         raise FileNotFoundError(f"--resume {resume!r}: no checkpoint there (missing {META_NAME}); "
-                                f"give a folder like {Path(out_dir) / CHECKPOINT_DIR / checkpoint_name(1000)} or 'auto'")
+                                f"give a folder like {example} or 'auto'")
     return p
 
 

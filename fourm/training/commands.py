@@ -51,7 +51,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         summary = train(cfg, resume=args.resume, until_step=args.until_step,
                         progress=False if args.no_progress else None)
-    except ConfigError as e:  # e.g. a vocabulary that disagrees with the shards, or a resume mismatch
+    except (ConfigError, FileExistsError, FileNotFoundError) as e:  # shards vs vocabulary, resume mismatches
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

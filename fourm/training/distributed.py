@@ -55,5 +55,5 @@ def apply_activation_checkpointing(model: torch.nn.Module) -> None:
         apply_activation_checkpointing as apply,
     )
 
-    apply(model, checkpoint_wrapper_fn=functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
-          check_fn=lambda m: isinstance(m, (Block, DecoderBlock)))
+    wrapper = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+    apply(model, checkpoint_wrapper_fn=wrapper, check_fn=lambda m: isinstance(m, (Block, DecoderBlock)))

@@ -40,13 +40,20 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from fourm.config import save_json_atomic, to_dict
+from fourm.config import ConfigError, save_json_atomic, to_dict
 from fourm.data.shard_reader import SKIP_REASONS
 from fourm.masking import Batch, UnifiedMasking
 from fourm.models import FourM, FourMOutput
 from fourm.training import checkpoint as ckpt
 from fourm.training.config import TrainConfig
-from fourm.training.data import MicroBatch, MixtureStream, SourceStream, empty_batch, modality_fields, validation_batches
+from fourm.training.data import (
+    MicroBatch,
+    MixtureStream,
+    SourceStream,
+    empty_batch,
+    modality_fields,
+    validation_batches,
+)
 from fourm.training.distributed import apply_activation_checkpointing, build_accelerator
 from fourm.training.metrics import JsonlWriter, MetricsLog, truncate_jsonl
 from fourm.training.optim import build_optimizer, build_scheduler, no_decay_names
@@ -106,7 +113,8 @@ class _StopSignals:
         self._old.clear()
 
 
-def _to_device(batch: Batch, device: torch.device) -> Batch:
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move a masked batch to ``device`` (non-blocking from pinned memory)."""
     return {m: {k: v.to(device, non_blocking=True) for k, v in d.items()} for m, d in batch.items()}
 
 
@@ -222,7 +230,7 @@ class Trainer:
     def _read_checkpoint(self) -> dict:
         meta = ckpt.read_meta(self.resume_from)
         if meta["world_size"] != self.world_size:
-            raise ValueError(f"{self.resume_from} was written by {meta['world_size']} processes, this run has "
+            raise ConfigError(f"{self.resume_from} was written by {meta['world_size']} processes, this run has "
                              f"{self.world_size}; exact resume needs the same number of processes")
         state = ckpt.load_trainer_state(self.resume_from)
         ckpt.check_resume_config(state["config"], to_dict(self.config))
@@ -268,7 +276,7 @@ class Trainer:
                 self.sample_log.write({"step": self.step + 1, "micro": i, "source": mb.source, "epoch": mb.epoch,
                                        "chunk": mb.chunk, "keys": mb.keys})
             real = mb.batch is not None
-            batch = _to_device(mb.batch if real else self.empty[mb.source], dev)
+            batch = to_device(mb.batch if real else self.empty[mb.source], dev)
             sync = contextlib.nullcontext() if i == accum - 1 else acc.no_sync(self.model)
             with sync:
                 out = self.compute_loss(batch)
@@ -368,7 +376,7 @@ class Trainer:
         loss, micro = torch.zeros((), device=dev), 0
         mod, mod_count = torch.zeros(n, device=dev), [0] * n
         for mb in validation_batches(self.val_stream, self.config.val.max_batches):
-            out = self.compute_loss(_to_device(mb.batch if mb.batch is not None else self.val_empty, dev))
+            out = self.compute_loss(to_device(mb.batch if mb.batch is not None else self.val_empty, dev))
             if mb.batch is None:
                 continue
             loss += out.loss.float()
@@ -420,7 +428,11 @@ class Trainer:
         return model.save_pretrained(path)
 
     def save_checkpoint(self) -> Path | None:
-        """Write ``out_dir/checkpoints/step-N`` atomically and prune old ones (collective); returns its path on the main process."""
+        """Write ``out_dir/checkpoints/step-N`` atomically and prune old ones (collective).
+
+        Returns:
+            The checkpoint folder on the main process, None on the others.
+        """
         from accelerate.utils import gather_object
 
         mine = {"rng": ckpt.rng_state(), "interval": self.interval.state()}
@@ -502,7 +514,8 @@ class Trainer:
                 if self.step % cfg.logging.every == 0 or end:
                     last = self._log_train()
                     bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-                if cfg.val is not None and ((cfg.val.every and self.step % cfg.val.every == 0) or self.step == cfg.steps):
+                val_every = cfg.val.every if cfg.val is not None else 0
+                if cfg.val is not None and ((val_every and self.step % val_every == 0) or self.step == cfg.steps):
                     self.validate()
                 if self.step % cfg.checkpoint.every == 0 or end:
                     path = self.save_checkpoint()
