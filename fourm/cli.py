@@ -10,10 +10,14 @@ import argparse
 import importlib
 import sys
 
+from fourm.config import ConfigError
+
 # Modules that add subcommands, in the order they appear in ``fourm --help``.
 COMMAND_MODULES: tuple[str, ...] = (
     "fourm.data.commands",  # fourm data shapes | show
-    "fourm.vq.commands",  # fourm tokenizer train | eval, fourm tokenize
+    "fourm.vq.commands",  # fourm tokenizer train | train-text | eval, fourm tokenize
+    "fourm.training.commands",  # fourm train
+    "fourm.generation.commands",  # fourm generate
     "fourm.demo",  # fourm demo
 )
 
@@ -24,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for mod in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # TODO(dev): remove once every listed module exists
-            if e.name != mod:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(mod).register(sub)
     return parser
 
 
@@ -42,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ConfigError, FileExistsError, FileNotFoundError) as e:
+        # User-facing mistakes (a bad config key, an existing run, a missing file): one line, no traceback.
+        print(f"fourm {args.command}: error: {e}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

@@ -27,4 +27,13 @@ def test_cli_help_lists_commands(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "data" in out
+    for command in ("data", "tokenizer", "tokenize", "train", "generate", "demo"):
+        assert f"    {command} " in out or f"    {command}\n" in out, f"fourm --help does not list {command!r}"
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
+    from fourm.cli import main
+
+    rc = main(["train", str(tmp_path / "missing.yaml")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "missing.yaml" in err and "Traceback" not in err
