@@ -58,6 +58,8 @@ class IncrementalDecoder:
         self.length = 0
         self.prefix = torch.zeros(R, max_len, dtype=torch.long, device=context.device)  # (R, T) tokens so far
         self.context, self.context_valid = context, context_valid
+        self._all_targets = torch.ones(R, max_len, dtype=torch.bool, device=context.device)  # every prefix token is a target
+        self._rows = torch.arange(R, device=context.device)
         if use_cache:
             self.context_kv = model.context_kv(context)  # per block: 2 x (R, H, N, hd)
             self.xa_mask = context_key_mask(context_valid)  # (R, 1, 1, N)
@@ -73,6 +75,8 @@ class IncrementalDecoder:
     def keep(self, rows: Tensor) -> None:
         """Keep only ``rows`` (int64 indices, in the new order) of every buffer."""
         self.prefix = self.prefix.index_select(0, rows)
+        self._all_targets = self._all_targets[: len(rows)]
+        self._rows = self._rows[: len(rows)]
         self.context = self.context.index_select(0, rows)
         self.context_valid = self.context_valid.index_select(0, rows)
         if self.use_cache:
@@ -84,10 +88,8 @@ class IncrementalDecoder:
     def _embed_last(self) -> Tensor:
         """Content + position + modality embedding of the newest prefix token, (R, 1, D)."""
         t = self.length - 1
-        entry = {"tokens": self.prefix[:, : t + 1],
-                 "is_target": torch.ones(self.rows, t + 1, dtype=torch.bool, device=self.prefix.device)}
-        b = torch.arange(self.rows, device=self.prefix.device)
-        x, emb = self.embedding.embed(entry, b, torch.full_like(b, t))  # (R, D) each
+        entry = {"tokens": self.prefix[:, : t + 1], "is_target": self._all_targets[:, : t + 1]}
+        x, emb = self.embedding.embed(entry, self._rows, torch.full_like(self._rows, t))  # (R, D) each
         return (x + emb)[:, None, :]
 
     def step(self, tokens: Tensor) -> Tensor:
