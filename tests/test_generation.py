@@ -199,6 +199,13 @@ def test_global_rng_untouched(model):
     assert torch.equal(torch.get_rng_state(), before)
 
 
+def test_raw_names_stand_for_token_modalities(model):
+    inputs = {"tok_rgb": rgb_tokens(), "caption": words()}
+    a = Sampler(model).generate(inputs, [Target("depth", steps=2, cfg_scale=2.0, cfg_conditions=("rgb",))], seed=0)
+    b = Sampler(model).generate(inputs, [Target("tok_depth", steps=2, cfg_scale=2.0, cfg_conditions=("tok_rgb",))], seed=0)
+    assert a.generated == ("tok_depth",) and torch.equal(a.tokens("tok_depth"), b.tokens("tok_depth"))
+
+
 def test_unconditional_generation_uses_num_samples(model):
     out = Sampler(model).generate(None, [Target("tok_rgb", steps=2), Target("caption")], num_samples=3)
     assert out.tokens("tok_rgb").shape == (3, L) and len(out.sequences("caption")) == 3
@@ -274,7 +281,7 @@ def test_chain_equals_steps_composed_by_hand(model):
 
 # ---------------------------------------------------------------- errors
 @pytest.mark.parametrize("target,match", [
-    (Target("rgb"), "cannot generate 'rgb'"),
+    (Target("dpeth"), "cannot generate 'dpeth'"),
     (Target("caption", steps=4), "steps/schedule apply to image"),
     (Target("caption", scheme="maskgit"), "sequences decode with 'autoregressive'"),
     (Target("tok_rgb", scheme="autoregressive"), "is for sequences"),

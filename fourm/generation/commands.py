@@ -97,10 +97,9 @@ def load_model(path: Path, device: str = "cpu") -> FourM:
     return load_ml4m(path, device=device).eval()
 
 
-def parse_target(spec: str, aliases: dict[str, str]) -> Target:
+def parse_target(spec: str) -> Target:
     """``NAME[:key=value,...]`` -> Target (see the module docstring)."""
     name, _, rest = spec.partition(":")
-    name = aliases.get(name, name)
     kw: dict[str, Any] = {}
     guides = []
     for item in filter(None, rest.split(",")):
@@ -116,12 +115,12 @@ def parse_target(spec: str, aliases: dict[str, str]) -> Target:
         elif key == "top_k":
             kw[key] = float(value) if "." in value else int(value)
         elif key == "cfg_conditions":
-            kw[key] = tuple(aliases.get(m, m) for m in value.split("+"))
+            kw[key] = tuple(value.split("+"))
         elif key == "guide":
             mods, star, weight = value.rpartition("*")
             if not star:
                 raise ValueError(f"--target {spec!r}: guide={value!r}; expected MODS*WEIGHT such as caption*3")
-            guides.append(Condition(tuple(aliases.get(m, m) for m in mods.split("+")), float(weight)))
+            guides.append(Condition(tuple(mods.split("+")), float(weight)))
         else:
             allowed = sorted(_INT_FIELDS | _FLOAT_FIELDS | _STR_FIELDS | {"top_k", "cfg_conditions", "guide"})
             raise ValueError(f"--target {spec!r}: unknown setting {key!r}; allowed: {', '.join(allowed)}")
@@ -182,7 +181,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         model = load_model(args.model, args.device)
         tokenizers = _load_tokenizers(args)
         aliases = raw_aliases(model.specs)
-        targets = [parse_target(t, aliases) for t in args.target]
+        sampler = Sampler(model, tokenizers, use_cache=not args.no_cache, progress=True)
+        targets = [sampler.resolve(parse_target(t)) for t in args.target]
         inputs: dict[str, Any] = {}
         if args.index is not None:
             inputs, _ = _scene_inputs(args)
@@ -193,7 +193,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if name not in model.specs and name not in aliases:
                 return _fail(f"unknown input {name!r}; this model takes: {', '.join(sorted({*model.specs, *aliases}))}")
             inputs[name] = _read_input(name, value, model.specs)
-        sampler = Sampler(model, tokenizers, use_cache=not args.no_cache, progress=True)
         initial = sampler.prepare(inputs, args.num_samples)
         t0 = time.perf_counter()
         result = sampler.generate(initial, targets, seed=args.seed)

@@ -34,12 +34,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from fourm.generation.decode import decode_state
-from fourm.generation.guidance import GuidancePlan, branch, plan_guidance, stack_branches
+from fourm.generation.guidance import Condition, GuidancePlan, branch, plan_guidance, stack_branches
 from fourm.generation.inputs import (
     State,
     batch_size as state_batch_size,
     build_state,
     finish_sequence,
+    raw_aliases,
     renumber_sentinels,
     sequence_entry,
     sequence_ids,
@@ -160,11 +161,26 @@ class Sampler:
         return GenerationResult(state, dict(self.specs), num_rows=state_batch_size(state, default=num_samples))
 
     def resolve(self, target: Target | str) -> Target:
-        """``target`` with its defaults filled in for this model's modality."""
+        """``target`` with its defaults filled in for this model's modality. Raw names stand for
+        their token modality (``"rgb"`` -> ``"tok_rgb"``), also in guidance conditions."""
         (target,) = as_targets(target)
+        aliases = raw_aliases(self.specs)
+
+        def canonical(name: str) -> str:
+            return name if name in self.specs else aliases.get(name, name)
+
+        if target.modality not in self.model.decoder_embeddings and canonical(target.modality) != target.modality:
+            target = target.replace(modality=canonical(target.modality))
         if target.modality not in self.model.decoder_embeddings:
             raise ValueError(f"cannot generate {target.modality!r}; this model's targets: "
                              f"{', '.join(self.model.decoder_embeddings)}")
+        changes = {}
+        if target.cfg_conditions is not None:
+            changes["cfg_conditions"] = tuple(canonical(n) for n in target.cfg_conditions)
+        if target.guidance:
+            changes["guidance"] = tuple(Condition(tuple(canonical(n) for n in c.modalities), c.weight)
+                                        for c in target.guidance)
+        target = target.replace(**changes) if changes else target
         named = (target.cfg_conditions or ()) + tuple(n for cond in target.guidance for n in cond.modalities)
         for cond_name in named:
             if cond_name not in self.model.encoder_embeddings:
