@@ -133,9 +133,11 @@ def _run_cli(argv: list[str]) -> int:
 
 
 def test_generate_command(model, tmp_path, capsys):
-    model.save_pretrained(tmp_path / "ckpt" / "model")  # a training checkpoint folder also works
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000010"  # a training out_dir: its newest checkpoint
+    model.save_pretrained(ckpt / "model")
+    (ckpt / "meta.json").write_text("{}")
     out = tmp_path / "gen"
-    rc = _run_cli(["--model", str(tmp_path / "ckpt"), "--index", "3", "--from-scene", "rgb,caption",
+    rc = _run_cli(["--model", str(tmp_path / "run"), "--index", "3", "--from-scene", "rgb,caption",
                    "--target", "det:max_tokens=10", "--target", "tok_depth:steps=2,cfg_scale=2,temperature_schedule=onex:0.5:0.5",
                    "--target", "rgb:steps=2,guide=caption*3,guide=det*-1", "--num-samples", "2", "--out", str(out),
                    "--json", str(tmp_path / "r.json")])
@@ -154,9 +156,9 @@ def test_generate_command(model, tmp_path, capsys):
     img = tmp_path / "scene.png"
     Image.fromarray(render_scene(0, 3)["rgb"]).save(img)
     a, b = tmp_path / "a", tmp_path / "b"
-    assert _run_cli(["--model", str(tmp_path / "ckpt"), "--input", f"rgb={img}", "--target", "caption:max_tokens=5",
+    assert _run_cli(["--model", str(ckpt), "--input", f"rgb={img}", "--target", "caption:max_tokens=5",
                      "--out", str(a)]) == 0
-    assert _run_cli(["--model", str(tmp_path / "ckpt"), "--index", "3", "--target", "caption:max_tokens=5",
+    assert _run_cli(["--model", str(ckpt / "model"), "--index", "3", "--target", "caption:max_tokens=5",
                      "--out", str(b)]) == 0
     ra, rb = (json.loads((d / "result.json").read_text())["samples"] for d in (a, b))
     assert ra == rb

@@ -1,6 +1,6 @@
 """``fourm generate``: any-to-any generation from the command line.
 
-    fourm generate --model out/fm/shapes_bundled/checkpoint-004500/model --index 7 \\
+    fourm generate --model out/fm/shapes_bundled --index 7 \\
         --target tok_depth:steps=4 --target caption:temperature=0.7 --out out/gen
     fourm generate --model MODEL --input caption="a large red circle" \\
         --target "tok_rgb:steps=8,cfg_scale=3,temperature_schedule=onex:0.5:0.5" --num-samples 4 --out out/gen
@@ -47,11 +47,14 @@ _STR_FIELDS = {"scheme", "schedule", "temperature_schedule"}
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fourm generate`` to the ``fourm`` parser."""
+    examples = __doc__.split("\n\n")[1]
     p = subparsers.add_parser("generate", help="generate modalities from any others with a FourM model",
-                              description=__doc__.split("\n")[0], epilog="See fourm/generation/commands.py for examples.")
+                              description="Generate target modalities from any conditions with a FourM model; writes "
+                                          "grid.png, one PNG per generated image and result.json.",
+                              epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=Path,
-                   help="model folder: FourM.save_pretrained output (or a training checkpoint with model/), or a 4M "
-                        "reference checkpoint (config.json + model.safetensors)")
+                   help="model: a FourM.save_pretrained folder, a training out_dir (newest checkpoint) or checkpoint "
+                        "folder, or a 4M reference checkpoint (config.json + model.safetensors)")
     p.add_argument("--tokenizers", type=Path, default=None,
                    help=f"tokenizer folder (default: {DEFAULT_TOKENIZERS} when it exists)")
     p.add_argument("--text-tokenizer", type=Path, default=None,
@@ -82,8 +85,16 @@ def _fail(msg: str) -> int:
 
 
 def load_model(path: Path, device: str = "cpu") -> FourM:
-    """A FourM from a ``save_pretrained`` folder, a training checkpoint, or a reference checkpoint."""
+    """A FourM from a ``save_pretrained`` folder, a training checkpoint folder, a training
+    ``out_dir`` (its newest checkpoint) or a reference checkpoint."""
     path = Path(path)
+    if not (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+        from fourm.training.checkpoint import latest_checkpoint
+
+        newest = latest_checkpoint(path)
+        if newest is None:
+            raise FileNotFoundError(f"{path}: no complete checkpoint under {path / 'checkpoints'}")
+        path = newest
     if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
         path = path / "model"
     if not (path / "config.json").is_file():
