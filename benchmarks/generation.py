@@ -9,15 +9,27 @@ of that file: dim 192, 4 + 4 layers) and ``wide`` (dim 384, 6 + 6 layers, 6 head
 depend on the weights, except through when a caption stops: a random model rarely emits [EOS], so
 captions run to ``--caption-tokens`` (the tokens actually decoded are printed).
 
-Figures (medians over ``--repeats``, after one warm-up; the machine is shared, so run it a few
-times and compare medians):
+Figures (medians over ``--repeats``, variants interleaved, after one warm-up; the machine is
+shared, so run it a few times and compare medians). OpenMP threads sleep instead of spinning
+(``OMP_WAIT_POLICY=PASSIVE`` unless set): with spinning threads, 2-thread runs on 2 cores that
+other jobs also use slow down 3-10x.
 * caption (rgb -> caption, B = 1 and B = 8): seconds per caption with the key/value cache and
   without it (the whole decoder rerun over the prefix at each token, as the reference does); the
   speed-up; tokens/s;
 * rgb (caption -> tok_rgb, 64 tokens, 8 MaskGIT cosine steps, CFG 3.0): seconds per image with
   the guidance branches batched in one forward and as two forwards; tokens/s.
+
+What to expect on CPU: a cached step reads every decoder weight once for one new token, so at
+batch 1 it is bound by memory traffic (~11.5 MB per token at the bundled size), which the uncached
+step pays as well; the cache's advantage grows with the batch and the model (more compute per
+weight byte). Batched guidance saves per-call overhead; at larger batches its unconditional rows
+are padded to the conditional rows' encoder length, which costs more than it saves on a CPU.
 """
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads
 
 import argparse
 import statistics
