@@ -92,8 +92,8 @@ def main() -> None:
         row = timed({"cache": lambda: cached.generate({"tok_rgb": rgb[:B]}, [cap], seed=0),
                      "no cache": lambda: uncached.generate({"tok_rgb": rgb[:B]}, [cap], seed=0)}, args.repeats)
         (s1, o1), (s0, o0) = row["cache"], row["no cache"]
-        assert o1.targets == o0.targets, "cached and uncached decoding disagree"
-        n = sum(len(t) - 1 for t in o1.targets["caption"])  # tokens decoded after [S_1]
+        assert o1.spans == o0.spans, "cached and uncached decoding disagree"
+        n = sum(len(t) - 1 for t in o1.spans["caption"])  # tokens decoded after [S_1]
         print(f"caption  B={B}: {n / B:.0f} tokens/caption | cache {s1 / B * 1e3:7.1f} ms/caption, {n / s1:6.0f} tok/s"
               f" | no cache {s0 / B * 1e3:7.1f} ms/caption, {n / s0:6.0f} tok/s | speed-up {s0 / s1:.1f}x")
 

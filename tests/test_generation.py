@@ -60,7 +60,7 @@ def test_cached_decoding_equals_uncached(model, cfg_scale):
     t = Target("caption", temperature=1.0, cfg_scale=cfg_scale)
     cached = Sampler(model, use_cache=True).generate(inputs, [t], seed=3, keep_logits=True)
     plain = Sampler(model, use_cache=False).generate(inputs, [t], seed=3, keep_logits=True)
-    assert cached.targets["caption"] == plain.targets["caption"]
+    assert cached.spans["caption"] == plain.spans["caption"]
     assert torch.equal(cached.tokens("caption"), plain.tokens("caption"))
     lc, lp = cached.logits["caption"], plain.logits["caption"]
     assert lc.abs().sum() > 0 and lc.shape == lp.shape
@@ -98,12 +98,12 @@ def test_finished_samples_leave_the_batch_and_match_single_runs(monkeypatch):
     inputs = {"tok_rgb": rgb_tokens(4, seed=9)}
     t = Target("caption", temperature=0.0)
     batched = Sampler(model).generate(inputs, [t])
-    lengths = [len(s) for s in batched.targets["caption"]]
+    lengths = [len(s) for s in batched.spans["caption"]]
     assert len(set(lengths)) > 1, f"test needs samples that stop at different steps, got lengths {lengths}"
     assert kept_rows and min(kept_rows) < 4  # finished samples were dropped from the buffers
     for b in range(4):
         single = Sampler(model).generate({"tok_rgb": inputs["tok_rgb"][b : b + 1]}, [t])
-        assert single.targets["caption"][0] == batched.targets["caption"][b]
+        assert single.spans["caption"][0] == batched.spans["caption"][b]
 
 
 # ---------------------------------------------------------------- guidance
@@ -188,7 +188,7 @@ def test_seed_reproduces_and_differs(model):
     for name in ("tok_depth", "caption"):
         assert torch.equal(a.tokens(name), b.tokens(name))
     assert not torch.equal(a.tokens("tok_depth"), c.tokens("tok_depth"))
-    assert a.targets["caption"] != c.targets["caption"]
+    assert a.spans["caption"] != c.spans["caption"]
 
 
 def test_global_rng_untouched(model):
@@ -252,7 +252,7 @@ def test_caption_infill_keeps_the_prompt(model):
     assert seq[1][0] == w[1][0] and seq[1][-3:] == [w[1][1], w[1][2], EOS_ID]
     for ids in seq:
         assert ids.count(EOS_ID) == 1 and ids[-1] == EOS_ID
-    assert out.targets["caption"][1][0] == sentinel_id(1)
+    assert out.spans["caption"][1][0] == sentinel_id(1)
 
 
 def test_chain_equals_steps_composed_by_hand(model):

@@ -112,7 +112,7 @@ def test_add_and_remove_boxes(model, toks, scene):
     out = Chain(s).add_boxes([BOX], more=True).then(Target("det", max_tokens=8)).run({"rgb": scene["rgb"]}, seed=0)
     box_ids = boxes_to_ids([BOX], toks["text"])
     assert out.sequences("det")[0][:5] == box_ids
-    assert out.targets["det"][0][0] == sentinel_id(1)
+    assert out.spans["det"][0][0] == sentinel_id(1)
 
 
 def test_caption_edit_with_a_sentinel_is_continued(model, toks, scene):

@@ -25,5 +25,5 @@ def test_reference_model_generates_captions_that_decode(ml4m_fixtures):
     assert out.tokens("tok_depth@224").shape == (2, 196)
     # the key/value cache is exact on the reference architecture too (512-row position tables)
     plain = Sampler(model, {"text": text}, use_cache=False).generate(inputs, targets[:1], seed=0, keep_logits=True)
-    assert plain.targets["caption"] == out.targets["caption"]
+    assert plain.spans["caption"] == out.spans["caption"]
     torch.testing.assert_close(plain.logits["caption"], out.logits["caption"], atol=1e-5, rtol=0)

@@ -240,21 +240,21 @@ class Chain:
         """Run every step on ``inputs`` with one generator (seeded by ``seed``).
 
         Returns:
-            The final result; ``generated``, ``targets`` and ``logits`` collect every target step.
+            The final result; ``generated``, ``spans`` and ``logits`` collect every target step.
         """
         s = self.sampler
         g = make_generator(seed, s.device)
         result = s.prepare(inputs, num_samples)
-        generated, targets, logits = (), {}, {}
+        generated, spans, logits = (), {}, {}
         for step in self.steps:
             if step.kind == "target":
                 result = s.generate(result, [step.target], seed=g, keep_logits=keep_logits)
                 generated += result.generated
-                targets.update(result.targets)
+                spans.update(result.spans)
                 logits.update(result.logits)
             else:
                 result = step.apply(result, s.tokenizers)
-        return replace(result, generated=generated, targets=targets, logits=logits)
+        return replace(result, generated=generated, spans=spans, logits=logits)
 
     def __repr__(self) -> str:
         return "Chain(" + " -> ".join(step.label for step in self.steps) + ")"

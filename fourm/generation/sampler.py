@@ -63,8 +63,8 @@ class GenerationResult:
             this result) back to :meth:`Sampler.generate` to continue.
         specs: the model's modalities.
         generated: the target modalities, in order.
-        targets: per generated sequence modality, the raw decoder output of each sample
-            (``[S_1] span ... closing sentinel``), before merging.
+        spans: per generated sequence modality, the raw decoder output of each sample
+            (``[S_1] span ... [EOS] or closing sentinel``), before it was merged into the prompt.
         logits: with ``keep_logits``: per target, the guided logits of every step (images: a list
             of (n_step, V) tensors, rows ordered by sample then position; sequences: one
             (B, max_tokens, V) tensor, zero after a sample stopped).
@@ -74,7 +74,7 @@ class GenerationResult:
     state: State
     specs: dict[str, ModalitySpec]
     generated: tuple[str, ...] = ()
-    targets: dict[str, list[list[int]]] = field(default_factory=dict)
+    spans: dict[str, list[list[int]]] = field(default_factory=dict)
     logits: dict[str, Any] = field(default_factory=dict)
     num_rows: int | None = None
 
@@ -212,7 +212,7 @@ class Sampler:
         for t in resolved:
             if self.specs[t.modality].kind == "sequence":
                 state, spans, logits = self._generate_sequence(state, B, t, g, keep_logits)
-                result.targets[t.modality] = spans
+                result.spans[t.modality] = spans
             else:
                 state, logits = self._generate_image(state, B, t, g, keep_logits)
             if keep_logits:
