@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from fourm.generation.inputs import State, build_state, sequence_entry, sequence_ids, tokenizer_key
+from fourm.generation.inputs import State, broadcast_entry, build_state, sequence_entry, sequence_ids, tokenizer_key
 from fourm.generation.sampler import GenerationResult, Sampler, make_generator
 from fourm.generation.target import Target, as_targets
 from fourm.masking.spans import EOS_ID, sentinel_id
@@ -48,15 +48,6 @@ def _with_state(result: GenerationResult, state: State) -> GenerationResult:
     return replace(result, state=state, num_rows=result.batch_size)
 
 
-def _expand(entry: dict[str, Tensor], B: int, name: str) -> dict[str, Tensor]:
-    n = entry["tokens"].shape[0]
-    if n == B:
-        return entry
-    if n != 1:
-        raise ValueError(f"edit of {name!r} has {n} samples; the result has {B} (give 1 or {B})")
-    return {k: v.expand(B, *v.shape[1:]).clone() for k, v in entry.items()}
-
-
 def edit(result: GenerationResult, tokenizers: Mapping[str, Any] | None = None, **values: Any) -> GenerationResult:
     """Replace modalities: ``edit(result, toks, caption="a red [S_1]", tok_rgb=tokens)``.
 
@@ -67,7 +58,7 @@ def edit(result: GenerationResult, tokenizers: Mapping[str, Any] | None = None, 
     new = build_state(result.specs, values, tokenizers, device)
     state = dict(result.state)
     for name, entry in new.items():
-        state[name] = _expand(entry, result.batch_size, name)
+        state[name] = broadcast_entry(entry, result.batch_size, f"edit of {name!r}")
     return _with_state(result, state)
 
 

@@ -203,12 +203,13 @@ def tokenize_images(value: Any, spec: ModalitySpec, tokenizers: Mapping[str, Any
 
 
 # ------------------------------------------------------------------------------------ the state
-def _broadcast(entry: dict[str, Tensor], B: int, name: str) -> dict[str, Tensor]:
+def broadcast_entry(entry: dict[str, Tensor], B: int, what: str) -> dict[str, Tensor]:
+    """Repeat a one-sample modality entry to ``B`` samples; ``what`` names it in the error."""
     n = entry["tokens"].shape[0]
     if n == B:
         return entry
     if n != 1:
-        raise ValueError(f"inputs disagree on the batch size: {name!r} has {n} samples, others {B}")
+        raise ValueError(f"{what} has {n} samples, the others {B}: they disagree on the batch size (give 1 or {B})")
     return {k: v.expand(B, *v.shape[1:]).clone() for k, v in entry.items()}
 
 
@@ -272,7 +273,7 @@ def build_state(specs: Mapping[str, ModalitySpec], inputs: Mapping[str, Any] | N
                      "is_input": torch.ones(px.shape[0], spec.num_tokens, dtype=torch.bool, device=device)}
         state[name] = entry
     B = max((e["tokens"].shape[0] for e in state.values()), default=1)
-    state = {k: _broadcast(v, B, k) for k, v in state.items()}
+    state = {k: broadcast_entry(v, B, f"input {k!r}") for k, v in state.items()}
     if num_samples > 1:
         state = {k: {f: t.repeat_interleave(num_samples, 0) for f, t in v.items()} for k, v in state.items()}
     return state
