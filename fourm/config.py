@@ -17,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
 import yaml
+
+from fourm.atomic import atomic_write_text
 
 T = TypeVar("T")
 
@@ -93,18 +94,8 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
 
 def save_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     """Write JSON to ``path`` atomically (temporary file in the same folder, then rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"  # serialise first: a bad object writes nothing
+    atomic_write_text(path, text)
 
 
 # --- conversion ---------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ from torch import Tensor
 
 from fourm.modalities import ModalitySpec, ml4m_modalities
 from fourm.models.config import MODEL_SIZES, FourMConfig
-from fourm.models.fourm import FourM, FourMOutput, _atomic_write, unalias_state_dict
+from fourm.atomic import atomic_write
+from fourm.models.fourm import FourM, FourMOutput, unalias_state_dict
 
 REFERENCE_POS_ROWS = 512  # the reference's max_sincos_pos_emb; sequence pos buffers keep all rows
 # Keys of the reference's FM(config) dict. Settings that only matter for training are accepted
@@ -201,8 +202,8 @@ def save_ml4m(model: FourM, path: str | os.PathLike) -> Path:
     fm = {k: v for k, v in cfg.items() if k != "vocab_override"}
     meta = {k: json.dumps(v) for k, v in fm.items()}
     tensors = unalias_state_dict(model.state_dict())
-    _atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
-    _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
+    atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
     return path
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from fourm.atomic import atomic_write
 from fourm.models.blocks import ATTENTION_BACKENDS, Attention, Block, CrossAttention, DecoderBlock, LayerNorm
 from fourm.models.config import FourMConfig
 from fourm.models.embeddings import PAD_ID, build_decoder_embedding, build_encoder_embedding
@@ -473,9 +473,9 @@ class FourM(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
         tensors = unalias_state_dict(self.state_dict())
-        _atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
         cfg = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": self.config.to_dict()}
-        _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
+        atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
         return path
 
     @classmethod
@@ -521,14 +521,3 @@ def unalias_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             seen.add(ptr)
     return out
 
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
+
+from fourm.atomic import atomic_write_text
 
 
 def truncate_jsonl(path: str | os.PathLike, max_step: int) -> int:
@@ -33,10 +34,7 @@ def truncate_jsonl(path: str | os.PathLike, max_step: int) -> int:
         else:
             dropped += 1
     if dropped:
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(line + "\n" for line in keep))
-        os.replace(tmp, p)
+        atomic_write_text(p, "".join(line + "\n" for line in keep))
     return dropped
 
 

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from fourm.atomic import atomic_write_text
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[SOS]", "[EOS]")
 PAD_ID, UNK_ID, SOS_ID, EOS_ID = 0, 1, 2, 3
@@ -153,17 +154,6 @@ def detect_layout(tokenizer: Tokenizer) -> TextLayout:
     return TextLayout(num_sentinels=num_sentinels, num_bins=num_bins, class_names=tuple(class_names))
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _as_id_list(ids: Any) -> list[int]:
@@ -247,8 +237,8 @@ class TextTokenizer:
             "class_names": list(self.layout.class_names)}
         config = {"format_version": FORMAT_VERSION, "tokenizer_type": TOKENIZER_TYPE,
                   "vocab_size": self.vocab_size, "layout": layout}
-        _write_text_atomic(directory / TOKENIZER_FILE, self._tok.to_str(pretty=True))
-        _write_text_atomic(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        atomic_write_text(directory / TOKENIZER_FILE, self._tok.to_str(pretty=True))
+        atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
         return directory
 
     # ---- layout -------------------------------------------------------------------------------------------
