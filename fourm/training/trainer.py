@@ -192,6 +192,8 @@ class Trainer:
         self.step = 0
         self.nonfinite_steps = self.nonfinite_in_a_row = 0
         self.tokens_seen = 0
+        self.wall_before = 0.0  # training wall time of earlier runs of this out_dir (from the checkpoint)
+        self._fit_t0: float | None = None
         self.base_skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.base_invalid = 0
         self.interval = _Interval(self.target_names, acc.device)
@@ -248,6 +250,7 @@ class Trainer:
         self.data.load_state_dict(state["data"])
         c = state["counters"]
         self.step, self.tokens_seen = c["step"], c["tokens_seen"]
+        self.wall_before = float(c.get("wall_s", 0.0))
         self.nonfinite_steps, self.nonfinite_in_a_row = c["nonfinite_steps"], c["nonfinite_in_a_row"]
         self.base_skipped, self.base_invalid = dict(c["skipped"]), c["invalid"]
         mine = state["ranks"][self.rank]
@@ -338,6 +341,11 @@ class Trainer:
             t = self.accelerator.reduce(t, "sum")
         return t.tolist()
 
+    def wall_s(self) -> float:
+        """Seconds spent in :meth:`fit` for this run so far, summed over resumes."""
+        now = 0.0 if self._fit_t0 is None else time.perf_counter() - self._fit_t0
+        return self.wall_before + now
+
     def skipped_samples(self) -> dict[str, int]:
         """Corrupt samples skipped so far by reason, all processes (collective)."""
         local = self.data.skip_counts()
@@ -360,7 +368,7 @@ class Trainer:
                "lr": self.scheduler.get_last_lr()[0], "grad_norm": iv.grad_norm.item() / max(iv.steps, 1),
                "tokens_per_s": tokens / dt, "samples_per_s": samples / dt, "tokens_seen": self.tokens_seen,
                "nonfinite_steps": self.nonfinite_steps, "skipped_samples": sum(skipped.values()),
-               "invalid_samples": self.base_invalid}
+               "invalid_samples": self.base_invalid, "wall_s": round(self.wall_s(), 2)}
         if self.metrics is not None:
             self.metrics.write(rec)
         iv.reset()
@@ -449,7 +457,7 @@ class Trainer:
                 writer.save_torch(ckpt.STATE_NAME, {
                     "format": ckpt.FORMAT_NAME, "format_version": ckpt.FORMAT_VERSION, "config": cfg,
                     "scheduler": self.scheduler.state_dict(), "data": self.data.state_dict(), "ranks": ranks,
-                    "counters": {"step": self.step, "tokens_seen": self.tokens_seen,
+                    "counters": {"step": self.step, "tokens_seen": self.tokens_seen, "wall_s": self.wall_s(),
                                  "nonfinite_steps": self.nonfinite_steps, "nonfinite_in_a_row": self.nonfinite_in_a_row,
                                  "skipped": skipped, "invalid": self.base_invalid}})
                 writer.save_json(ckpt.CONFIG_NAME, cfg)
@@ -500,6 +508,7 @@ class Trainer:
             ``out_dir/model`` (``FourM.from_pretrained`` reads it).
         """
         cfg, t_start = self.config, time.perf_counter()
+        self._fit_t0 = t_start
         target = cfg.steps if until_step is None else min(int(until_step), cfg.steps)
         self._open_logs()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
@@ -532,6 +541,7 @@ class Trainer:
                 if self.is_main:
                     self.save_model(self.out_dir / "model", model_sd)
         finally:
+            self.wall_before, self._fit_t0 = self.wall_s(), None
             self._signals.restore()
             bar.close()
             if self.metrics is not None:
