@@ -372,3 +372,18 @@ def test_precomputed_context_kv_gives_the_same_decoder_output():
         again = model.run_decoder(dec.input, None, model.decoder_self_mask(sel), enc.context_mask,
                                   context_kv=model.context_kv(enc.context))
     torch.testing.assert_close(again, dec.hidden, atol=0, rtol=0)
+
+
+def test_save_in_half_precision_loads_as_float32(tmp_path):
+    reg = tiny_registry()
+    model = FourM(tiny_config(reg), seed=3)
+    full = model.save_pretrained(tmp_path / "full") / "model.safetensors"
+    half = model.save_pretrained(tmp_path / "half", dtype=torch.float16) / "model.safetensors"
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = FourM.from_pretrained(tmp_path / "half")
+    a, b = model.state_dict(), loaded.state_dict()
+    assert all(b[k].dtype == a[k].dtype for k in a)
+    assert all(torch.equal(b[k], a[k].half().float()) for k in a)
+    assert max((b[k] - a[k]).abs().max().item() for k in a) > 0  # the rounding happened
+    with pytest.raises(ValueError, match="dtype=torch.int8"):
+        model.save_pretrained(tmp_path / "bad", dtype=torch.int8)

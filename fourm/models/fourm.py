@@ -466,13 +466,23 @@ class FourM(nn.Module):
         return EncoderFeatures(feats, sel.is_valid, pooled, per_mod, sel)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write ``config.json`` (with format name and version) and ``model.safetensors`` into
-        directory ``path``, each atomically."""
+        directory ``path``, each atomically.
+
+        Args:
+            path: the directory.
+            dtype: store floating-point tensors in this dtype (e.g. ``torch.float16`` halves the
+                file); :meth:`from_pretrained` loads them back as float32. None keeps them as they are.
+        """
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"dtype={dtype}; allowed: a floating-point dtype (e.g. torch.float16) or None")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
         tensors = unalias_state_dict(self.state_dict())
+        if dtype is not None:
+            tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
         cfg = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": self.config.to_dict()}
         atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
@@ -489,6 +499,8 @@ class FourM(nn.Module):
         with torch.device("meta"):
             model = cls(FourMConfig.from_dict(cfg["config"]))
         state = load_file(str(path / "model.safetensors"), device=str(device))
+        # weights stored in half precision (save_pretrained(dtype=...)) compute in float32
+        state = {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in state.items()}
         model.load_state_dict_checked(state, assign=True)
         return model
 
