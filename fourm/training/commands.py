@@ -1,4 +1,5 @@
-"""CLI: ``fourm train CONFIG [dotted.key=value ...] [--resume auto|PATH] [--until-step N]``.
+"""CLI: ``fourm train CONFIG [dotted.key=value ...] [--resume auto|PATH] [--until-step N]`` and
+``fourm curve RUN --out PNG`` (the run's loss curves and final figures).
 
     fourm train configs/fm/shapes_tiny.yaml data.train.shapes.shards=data/tok/train steps=100
     fourm train configs/fm/shapes_tiny.yaml ... --resume auto        # continue out_dir's newest checkpoint
@@ -35,6 +36,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` to the ``fourm`` command."""
     parser = subparsers.add_parser("train", help="train a FourM on token shards (accelerate; resumable)")
     add_train_arguments(parser)
+    curve = subparsers.add_parser("curve", help="plot a training run's losses per modality (PNG) and print its final figures")
+    curve.add_argument("run", help="a training out_dir or its metrics.jsonl")
+    curve.add_argument("--out", required=True, help="PNG to write")
+    curve.add_argument("--title", default=None, help="first part of the plot title")
+    curve.add_argument("--smooth", type=int, default=4, help="trailing-mean window over training records (default 4)")
+    curve.set_defaults(func=run_curve)
+
+
+def run_curve(args: argparse.Namespace) -> int:
+    """Run ``fourm curve``: write the PNG, print the final figures as JSON."""
+    from fourm.training.curve import plot_curve, read_metrics
+
+    try:
+        metrics = read_metrics(args.run)
+        plot_curve(metrics, args.out, title=args.title, smooth=args.smooth)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"png": args.out, **metrics.final()}, indent=2))
+    return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
