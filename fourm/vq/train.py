@@ -5,10 +5,13 @@
     summary = train_tokenizer(cfg, resume=True)   # continues from the last checkpoint in out_dir
 
 Data are ShapesWorld scenes rendered on the fly (``data.source: generator``; scene ``i`` of world
-``data.seed``; step ``s`` of process ``r`` of ``W`` reads scenes ``(s * W + r) * B ...``), or samples
-read from shards (``data.source: shards``). Either way the batches of a step depend on the step
-only, so a resumed run sees the data an uninterrupted run would have seen; with the RNG state in
-the checkpoint, it computes the same weights.
+``data.seed``; step ``s`` of process ``r`` of ``W`` reads scenes ``(s * W + r) * B ...``), random
+crops of scikit-image's bundled photographs (``data.source: photos``, rgb only; crop ``i`` of
+``data.seed``, indexed like the scenes; the photos in ``data.holdout`` are never cropped and are
+the held-out set scored during training, see photos.py), or samples read from shards
+(``data.source: shards``). Either way the batches of a step depend on the step only, so a resumed
+run sees the data an uninterrupted run would have seen; with the RNG state in the checkpoint, it
+computes the same weights.
 
 One ``accelerate.Accelerator`` owns devices and processes: a plain call runs one process (CPU or
 one GPU); ``accelerate launch -m fourm.cli tokenizer train CONFIG`` runs several on GPUs, and
@@ -41,6 +44,8 @@ from fourm.config import ConfigError, save_json_atomic, to_dict
 from fourm.data.shapes_world import WorldConfig, render_scene
 from fourm.vq.evaluate import ReconstructionMetrics, render_batch
 from fourm.vq.normalize import from_world
+from fourm.vq.photos import (DEFAULT_HOLDOUT, PHOTOS, PhotoCrops, check_photo_names, held_out_tiles,
+                             training_photos)
 from fourm.vq.quantizers import CodeUsage
 from fourm.vq.vqvae import WEIGHTS_NAME, ImageTokenizer, TokenizerConfig
 
@@ -53,31 +58,49 @@ class DataConfig:
     """Where training images come from.
 
     Args:
-        source: ``generator`` (render ShapesWorld scenes on the fly) or ``shards`` (read them).
-        seed: world seed of the training scenes (generator).
+        source: ``generator`` (render ShapesWorld scenes on the fly), ``shards`` (read them) or
+            ``photos`` (random crops of scikit-image's photographs; rgb tokenizers only).
+        seed: world seed of the training scenes (generator), or seed of the crops (photos).
         num_scenes: cycle through this many scenes instead of fresh ones each step (generator).
         shards: shard spec (folder, glob, brace range) for ``source: shards``.
         num_workers: DataLoader worker processes (0 renders in the training process).
-        eval_seed: world seed of the held-out scenes scored during training.
-        eval_samples: number of held-out scenes scored at each evaluation.
+        eval_seed: world seed of the held-out scenes scored during training (generator, shards).
+        eval_samples: number of held-out scenes scored at each evaluation (generator, shards).
+        holdout: photos never cropped for training; their tiles are the held-out set (photos).
+        crop_scale: range of a crop's side in units of the tokenizer's image size, drawn
+            log-uniformly; the crop is resized to the image size (photos).
     """
 
-    source: Literal["generator", "shards"] = "generator"
+    source: Literal["generator", "shards", "photos"] = "generator"
     seed: int = 0
     num_scenes: int | None = None
     shards: str | None = None
     num_workers: int = 0
     eval_seed: int = 1_000_003
     eval_samples: int = 64
+    holdout: tuple[str, ...] = DEFAULT_HOLDOUT
+    crop_scale: tuple[float, float] = (1.0, 3.0)
 
     def __post_init__(self) -> None:
+        if self.source == "photos":
+            if self.shards:
+                raise ValueError("data.shards is set but data.source is 'photos'; set data.source: shards or drop data.shards")
+            if self.num_scenes is not None:
+                raise ValueError(f"data.num_scenes={self.num_scenes} is for data.source: generator; "
+                                 "drop it with data.source: photos")
+            object.__setattr__(self, "holdout", check_photo_names(self.holdout, "data.holdout"))
+            if not training_photos(self.holdout):
+                raise ValueError(f"data.holdout holds all {len(PHOTOS)} photos; leave some for training")
+            lo, hi = self.crop_scale
+            if not 0 < lo <= hi:
+                raise ValueError(f"data.crop_scale={list(self.crop_scale)}: need 0 < low <= high, e.g. [1.0, 3.0]")
         if self.source == "shards" and not self.shards:
             raise ValueError("data.source is 'shards' but data.shards is empty; give a folder or glob of tar files")
         if self.source == "generator" and self.shards:
             raise ValueError("data.shards is set but data.source is 'generator'; set data.source: shards")
         if self.num_scenes is not None and self.num_scenes < 1:
             raise ValueError(f"data.num_scenes={self.num_scenes}: must be >= 1 (or null for fresh scenes)")
-        if self.eval_seed == self.seed:
+        if self.source != "photos" and self.eval_seed == self.seed:
             raise ValueError(f"data.eval_seed={self.eval_seed} equals data.seed; held-out scenes need another seed")
 
 
@@ -136,6 +159,9 @@ class TokenizerTrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.eval_every < 0:
             raise ValueError(f"eval_every={self.eval_every}: must be >= 0 (0 evaluates at the end only)")
+        if self.data.source == "photos" and self.tokenizer.modality != "rgb":
+            raise ValueError(f"data.source 'photos' gives rgb images only, but tokenizer.modality is "
+                             f"{self.tokenizer.modality!r}; use data.source: generator or shards")
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -201,9 +227,10 @@ class ShardImages(IterableDataset):
 
 def build_loader(cfg: TokenizerTrainConfig, start: int, rank: int, world_size: int):
     """Batches (B, ...) of stored-format images for steps ``start .. cfg.steps - 1`` of one process."""
-    t = cfg.tokenizer
-    if cfg.data.source == "generator":
-        ds = SceneDataset(t.modality, cfg.data.seed, t.image_size, cfg.data.num_scenes)
+    t, d = cfg.tokenizer, cfg.data
+    if d.source in ("generator", "photos"):
+        ds = (PhotoCrops(d.seed, t.image_size, d.holdout, d.crop_scale) if d.source == "photos"
+              else SceneDataset(t.modality, d.seed, t.image_size, d.num_scenes))
         sampler = StepBatches(start, cfg.steps, cfg.batch_size, rank, world_size)
         return DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers)
     ds = ShardImages(cfg.data.shards, t.modality, cfg.data.seed, rank, world_size, skip=start * cfg.batch_size)
@@ -324,7 +351,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: bool = False, progress: b
     raw = accelerator.unwrap_model(model)
     loader = build_loader(cfg, start, accelerator.process_index, accelerator.num_processes)
     usage = CodeUsage(raw.codebook_size, window=cfg.usage_window)
-    held_out = render_batch(cfg.data.eval_seed, range(cfg.data.eval_samples), cfg.tokenizer.image_size) if main else None
+    held_out = _held_out(cfg) if main else None
 
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.tokenizer.modality} tokenizer",
                unit="step", disable=not (progress and main))
@@ -378,6 +405,13 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: bool = False, progress: b
     accelerator.wait_for_everyone()
     return {"tokenizer_dir": str(tok_dir), "steps": cfg.steps, "start_step": start, "main_process": main,
             "wall_s": time.perf_counter() - t0, "last": last, "eval": last_eval}
+
+
+def _held_out(cfg: TokenizerTrainConfig) -> dict[str, torch.Tensor]:
+    """The held-out batch scored during training: scenes of ``eval_seed``, or the held-out photos' tiles."""
+    if cfg.data.source == "photos":
+        return {"rgb": held_out_tiles(cfg.data.holdout, cfg.tokenizer.image_size)}
+    return render_batch(cfg.data.eval_seed, range(cfg.data.eval_samples), cfg.tokenizer.image_size)
 
 
 @torch.no_grad()
