@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fourm.vq.commands",  # fourm tokenizer train | train-text | eval, fourm tokenize
     "fourm.training.commands",  # fourm train
     "fourm.generation.commands",  # fourm generate
+    "fourm.evaluation.commands",  # fourm eval
     "fourm.demo",  # fourm demo
 )
 

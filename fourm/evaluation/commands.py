@@ -1,0 +1,102 @@
+"""``fourm eval``: the ShapesWorld any-to-any benchmark from the command line.
+
+    fourm eval                                            # models/shapes_bundled, tokenizers/shapes64, 32 scenes
+    fourm eval --model out/fm/shapes_bundled --num-samples 64 --json eval.json --grid eval.png
+    fourm eval --tasks rgb2semseg,rgb2depth,caption2rgb --seed 1000 --batch-size 16
+
+Prints a markdown table (task, metric, model, tokenizer bound; with the number of scenes, the
+seed, the decoding settings and the wall time); ``--json`` writes every score and setting,
+``--grid`` a PNG of the first scenes: the ground truth (the conditions), then each task's
+generations. Tasks: rgb2semseg, rgb2depth, rgb2det, rgb2caption, caption2rgb, det2rgb,
+depth2rgb, semseg2rgb, caption2det2rgb (``rgb->semseg`` is accepted too).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+import fourm
+from fourm.evaluation.benchmark import DEFAULT_SEED, TASKS, DecodingSettings, parse_tasks, run_benchmark
+
+_ROOT = Path(fourm.__file__).resolve().parents[1]
+DEFAULT_MODEL = Path("models/shapes_bundled")
+DEFAULT_TOKENIZERS = Path("tokenizers/shapes64")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fourm eval`` to the ``fourm`` parser."""
+    examples = __doc__.split("\n\n")[1]
+    p = subparsers.add_parser("eval", help="the ShapesWorld any-to-any benchmark of a FourM model",
+                              description="Score a FourM model on held-out ShapesWorld scenes in every direction "
+                                          "(rgb -> semseg / depth / det / caption, caption / det / depth / semseg -> "
+                                          "rgb, caption -> det -> rgb) beside the tokenizer bound.",
+                              epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                   help=f"a FourM.save_pretrained folder, a training out_dir or checkpoint (default: {DEFAULT_MODEL})")
+    p.add_argument("--tokenizers", type=Path, default=DEFAULT_TOKENIZERS,
+                   help=f"tokenizer folder with rgb/, depth/, semseg/, text/ (default: {DEFAULT_TOKENIZERS})")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"world and sampling seed; use one training never saw (default {DEFAULT_SEED}; "
+                        "the bundled run trains on 0 and validates on 1)")
+    p.add_argument("--num-samples", type=int, default=32, help="number of scenes (default 32)")
+    p.add_argument("--image-size", type=int, default=64, help="scene size in pixels (default 64)")
+    p.add_argument("--tasks", default=None,
+                   help=f"comma-separated tasks (default all): {', '.join(TASKS)}")
+    p.add_argument("--batch-size", type=int, default=32, help="scenes generated together (default 32)")
+    p.add_argument("--image-steps", type=int, default=DecodingSettings.image_steps,
+                   help=f"MaskGIT steps of image targets (default {DecodingSettings.image_steps})")
+    p.add_argument("--cfg-scale", type=float, default=DecodingSettings.rgb_cfg_scale,
+                   help=f"classifier-free guidance of generated rgb (default {DecodingSettings.rgb_cfg_scale:g}; 1 = off)")
+    p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--grid", type=Path, default=None, help="write a PNG grid of the first scenes here")
+    p.add_argument("--grid-scenes", type=int, default=4, help="scenes in the grid (default 4)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+
+def _fail(msg: str) -> int:
+    print(f"fourm eval: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _resolve(path: Path) -> Path:
+    """``path`` as given, or under the repository root when it is relative and missing here."""
+    return path if path.exists() or path.is_absolute() or not (_ROOT / path).exists() else _ROOT / path
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fourm.generation.commands import load_model
+    from fourm.vq.vqvae import load_tokenizers
+
+    try:
+        tasks = parse_tasks(args.tasks)
+        if args.grid is not None and args.grid.suffix.lower() != ".png":
+            raise ValueError(f"--grid {args.grid}: the grid is written as PNG; give a path ending in .png")
+        decoding = DecodingSettings(image_steps=args.image_steps, rgb_cfg_scale=args.cfg_scale)
+        model_path, tok_path = _resolve(args.model), _resolve(args.tokenizers)
+        if not model_path.exists():
+            raise FileNotFoundError(f"--model {args.model}: no such folder; give a FourM.save_pretrained folder or a "
+                                    f"training out_dir (the bundled model lives in {DEFAULT_MODEL})")
+        if not tok_path.is_dir():
+            raise FileNotFoundError(f"--tokenizers {args.tokenizers}: no such folder (default {DEFAULT_TOKENIZERS})")
+        device = torch.device(args.device)
+        model = load_model(model_path, str(device))
+        tokenizers = load_tokenizers(tok_path, map_location=device)
+        result = run_benchmark(model, tokenizers, seed=args.seed, num_samples=args.num_samples,
+                               image_size=args.image_size, tasks=tasks, decoding=decoding, batch_size=args.batch_size,
+                               grid_scenes=args.grid_scenes if args.grid else 0, progress=not args.no_progress)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        return _fail(str(e).strip("'\""))
+    result.info.update({"model": str(model_path), "tokenizers": str(tok_path), "device": str(device)})
+    print(result.table())
+    if args.json:
+        result.save_json(args.json)
+        print(f"wrote {args.json}")
+    if args.grid:
+        result.save_grid(args.grid)
+        print(f"wrote {args.grid}")
+    return 0
