@@ -175,7 +175,8 @@ def untile(tiles: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def round_trip_photo(tokenizer: torch.nn.Module, photo: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def round_trip_photo(tokenizer: torch.nn.Module, photo: torch.Tensor,
+                     batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """A photo's tiles through ``decode(encode(.))`` at the tokenizer's training size, reassembled.
 
     Args:

@@ -84,7 +84,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.source == "photos":
             if self.shards:
-                raise ValueError("data.shards is set but data.source is 'photos'; set data.source: shards or drop data.shards")
+                raise ValueError("data.shards is set but data.source is 'photos'; "
+                                 "set data.source: shards or drop data.shards")
             if self.num_scenes is not None:
                 raise ValueError(f"data.num_scenes={self.num_scenes} is for data.source: generator; "
                                  "drop it with data.source: photos")
