@@ -110,6 +110,9 @@ class DecodingSettings:
     sequence_temperature: float = 0.0
 
     def __post_init__(self) -> None:
+        steps = self.image_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"DecodingSettings.image_steps={steps!r}; must be an integer >= 1")
         Target("tok_rgb", steps=self.image_steps, temperature=self.rgb_temperature, cfg_scale=self.rgb_cfg_scale)
         Target("tok_depth", temperature=self.dense_temperature)
         Target("caption", temperature=self.sequence_temperature)
@@ -124,6 +127,7 @@ class DecodingSettings:
         return Target(modality, temperature=self.sequence_temperature)
 
     def describe(self) -> str:
+        """The settings in one line of words (printed above the table)."""
         return (f"images: MaskGIT {self.image_steps} steps (cosine); semseg/depth temperature {self.dense_temperature:g}; "
                 f"rgb temperature {self.rgb_temperature:g} (linear to 0), CFG {self.rgb_cfg_scale:g}; "
                 f"caption/det temperature {self.sequence_temperature:g}")
@@ -180,7 +184,7 @@ def box_scores(span: Sequence[int], logits: torch.Tensor, boxes: Sequence[dict],
     """
     ids = list(span[1:])
     logp = torch.log_softmax(logits[: len(ids)].float(), -1)  # (T, V)
-    tok_logp = logp.gather(1, torch.as_tensor(ids, dtype=torch.long)[:, None])[:, 0]  # (T,)
+    tok_logp = logp.gather(1, torch.as_tensor(ids, dtype=torch.long, device=logp.device)[:, None])[:, 0]  # (T,)
     out, pos = [], 0
     for box in boxes:
         pattern = boxes_to_ids([box], tokenizer, sort=False)
