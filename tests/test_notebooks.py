@@ -29,9 +29,13 @@ def run_notebook(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    default_out = REPO / "out" / "notebooks"
+    before = sorted(default_out.rglob("*")) if default_out.exists() else []
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                    resources={"metadata": {"path": str(cwd)}}).execute()
+    after = sorted(default_out.rglob("*")) if default_out.exists() else []
+    assert after == before, f"{name} wrote into the checkout ({default_out}) instead of FOURM_NOTEBOOK_OUT"
     return nb, out
 
 
@@ -73,7 +77,7 @@ def test_editing_chains_notebook(tmp_path, monkeypatch):
         assert (out / "editing_chains" / png).stat().st_size > 0
     text = "".join(outputs(nb, "text"))
     assert "none outside the mask" in text  # the notebook asserts that in-painting keeps the other tokens
-    assert "+ square:" in text and "- first box:" in text
+    assert "+ circle:" in text and "- first box:" in text
 
 
 def test_training_notebook(tmp_path, monkeypatch):
