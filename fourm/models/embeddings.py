@@ -49,30 +49,63 @@ def sincos_2d(rows: int, cols: int, dim: int, temperature: float = 10000.0) -> T
 
 
 class GradStore:
-    """Memory for the dense gradient of one vocabulary table, reused from step to step.
+    """Reusable CPU memory for one vocabulary-sized tensor (a table's dense gradient, or the
+    logits of a head), handed out again from step to step.
 
     A fresh (V, D) gradient per step costs page faults that, on CPU, take longer than computing
     it (a 30000 x 768 table: ~70 ms of faults against ~10 ms of work). The store hands its buffer
     out again only when nothing else holds it (the optimizer released ``p.grad`` with
     ``zero_grad(set_to_none=True)``, no one kept a reference); otherwise it allocates a new one.
     Results are the same either way.
+
+    :meth:`zeros` returns the buffer zeroed. When the buffer comes back untouched since the last
+    :meth:`mark_rows` (its version counter unchanged: nothing wrote to it in place, e.g. gradient
+    clipping or accumulation), only the rows written then are cleared instead of all V rows.
     """
 
     def __init__(self) -> None:
         self.buf: Tensor | None = None
+        self._rows: Tensor | None = None  # rows written since the buffer was last all zero
+        self._version = -1  # buf._version right after those rows were written
 
     def __deepcopy__(self, memo: dict) -> "GradStore":  # scratch memory, not state
         return GradStore()
 
     def __getstate__(self) -> dict:
-        return {"buf": None}
+        return {"buf": None, "_rows": None, "_version": -1}
 
     def get(self, like: Tensor) -> Tensor:
+        """An uninitialised tensor shaped like ``like`` (the stored one when it is free)."""
         buf = self.buf
         if (buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device
                 or not _unshared(buf)):
             buf = self.buf = torch.empty_like(like, memory_format=torch.contiguous_format)
+        self._rows = None
         return buf.detach()  # a second handle, so that autograd can adopt it as p.grad
+
+    def zeros(self, like: Tensor) -> Tensor:
+        """A zero tensor shaped like ``like``; call :meth:`mark_rows` after writing rows of it."""
+        rows, version, old = self._rows, self._version, self.buf
+        out = self.get(like)
+        if rows is not None and old is self.buf and out._version == version:
+            out.index_fill_(0, rows, 0.0)  # (rows, D): everything else is still zero
+        else:
+            out.zero_()
+        return out
+
+    def mark_rows(self, out: Tensor, rows: Tensor) -> None:
+        """Record that only ``rows`` of the zeroed ``out`` (from :meth:`zeros`) were written."""
+        self._rows, self._version = rows.clone(), out._version  # a copy: callers may reuse ``rows``
+
+    def matrix(self, rows: int, cols: int, like: Tensor) -> Tensor:
+        """An uninitialised (rows, cols) tensor with ``like``'s dtype and device. Row counts move
+        from step to step, so the memory is a flat buffer with some headroom."""
+        need = rows * cols
+        buf = self.buf
+        if (buf is None or buf.numel() < need or buf.dtype != like.dtype or buf.device != like.device
+                or not _unshared(buf)):
+            buf = self.buf = torch.empty(need + need // 4 + cols, dtype=like.dtype, device=like.device)
+        return buf[:need].view(rows, cols)
 
 
 def _unshared(buf: Tensor) -> bool:
@@ -102,8 +135,9 @@ class _Lookup(torch.autograd.Function):
         weight, ids = ctx.saved_tensors
         if ctx.padding_idx >= 0:  # like nn.Embedding(padding_idx=...): that row gets no gradient
             grad = grad.masked_fill((ids == ctx.padding_idx)[:, None], 0.0)
-        out = ctx.store.get(weight).zero_()
+        out = ctx.store.zeros(weight)
         out.index_add_(0, ids, grad.to(out.dtype))
+        ctx.store.mark_rows(out, ids)
         return out, None, None, None
 
 
@@ -164,6 +198,7 @@ class _Embedding(nn.Module):
         self.register_buffer("pos_emb", pos_emb)
         self.token_grad = GradStore()  # gradient memory of token_emb / to_logits (not state)
         self.logits_grad = GradStore()
+        self.logits_work = GradStore()  # memory of the logits in the fused head + cross-entropy
 
     def _pos(self, pos: Tensor) -> Tensor:
         return self.pos_emb[0].index_select(0, pos) + self.mod_emb[0]  # (n, D)

@@ -52,6 +52,7 @@ from fourm.atomic import atomic_write
 from fourm.models.blocks import ATTENTION_BACKENDS, Attention, Block, CrossAttention, DecoderBlock, LayerNorm
 from fourm.models.config import FourMConfig
 from fourm.models.embeddings import PAD_ID, build_decoder_embedding, build_encoder_embedding
+from fourm.models.head_loss import head_cross_entropy
 
 FORMAT_NAME = "fourm.FourM"
 FORMAT_VERSION = 1
@@ -398,18 +399,27 @@ class FourM(nn.Module):
             count_empty_modalities: reproduce the reference exactly: a modality present in the
                 batch with no target slot counts as loss 0 in the mean. By default it is left out.
         """
-        preds = self.decode_logits(dec)
+        preds = self.decode_logits(dec) if return_logits else None
+        hidden, targets = dec.hidden.flatten(0, 1), dec.target_ids.flatten()  # (B*M, D), (B*M,)
         mod_losses = {}
-        for name, pr in preds.items():
-            if pr.logits.shape[0] > 0:
-                mod_losses[name] = F.cross_entropy(pr.logits.float(), pr.target_ids)
-            elif count_empty_modalities:
-                mod_losses[name] = pr.logits.sum() * 0.0
+        for name in dec.selection.names:
+            flat = dec.selection.rows(name)[0]  # (n,) slots of this modality
+            module = self.decoder_embeddings[name]
+            if preds is not None:  # logits wanted: the head, then the cross-entropy
+                if len(flat) > 0:
+                    mod_losses[name] = F.cross_entropy(preds[name].logits.float(), preds[name].target_ids)
+                elif count_empty_modalities:
+                    mod_losses[name] = preds[name].logits.sum() * 0.0
+            elif len(flat) > 0:  # fused: the (n, V) logits never leave head_cross_entropy
+                mod_losses[name] = head_cross_entropy(module.to_logits, hidden.index_select(0, flat), targets[flat],
+                                                      module.logits_grad, module.logits_work)
+            elif count_empty_modalities:  # through the head, so that it gets its (zero) gradient
+                mod_losses[name] = module.forward_logits(hidden.index_select(0, flat)).sum() * 0.0
         if mod_losses:
             loss = torch.stack(list(mod_losses.values())).mean()
         else:  # nothing to predict: a zero that still has a graph
             loss = dec.hidden.sum() * 0.0
-        return FourMOutput(loss, mod_losses, preds if return_logits else None)
+        return FourMOutput(loss, mod_losses, preds)
 
     def forward(self, batch: Batch, num_encoder_tokens: int, num_decoder_tokens: int, *,
                 return_logits: bool = False, count_empty_modalities: bool = False) -> FourMOutput:
