@@ -43,7 +43,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
 from fourm.data.shapes_world import WorldConfig, parse_caption, render_scene
 from fourm.evaluation import task_metrics as tm

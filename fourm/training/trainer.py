@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
 from fourm.config import ConfigError, save_json_atomic, to_dict
 from fourm.data.shard_reader import SKIP_REASONS

@@ -20,7 +20,7 @@ import time
 from typing import Mapping
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
 from fourm.data.shapes_world import SEMSEG_CLASSES, WorldConfig, render_scene
 from fourm.vq.normalize import from_world

@@ -26,7 +26,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
 from fourm.data.shards import encode_sample, list_shards, read_metadata, write_metadata, write_shard
 from fourm.vq.normalize import IMAGE_MODALITIES

@@ -38,7 +38,7 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset, IterableDataset
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
 from fourm.config import ConfigError, save_json_atomic, to_dict
 from fourm.data.shapes_world import WorldConfig, render_scene
