@@ -1,64 +1,126 @@
-"""``fourm demo``: the main job on the bundled default, ShapesWorld.
+"""``fourm demo``: the main job, any-to-any generation with the bundled model on ShapesWorld.
 
-It writes a small ShapesWorld split as webdataset shards, reads it back through the shard reader
-(the same path training uses) and renders the contact sheet. Once a trained model is bundled it
-grows into the any-to-any demo.
+    fourm demo                       # models/shapes_bundled + tokenizers/shapes64 -> out/demo/
+    fourm demo --num-samples 8       # quicker, noisier table
+    fourm demo --world-only          # only the data part (no model needed)
+
+It writes into ``--out``:
+
+* ``contact_sheet.png``: a ShapesWorld split written as webdataset shards and read back through
+  the shard reader (what a trainer sees): rgb, depth, semseg, boxes and caption per row;
+* ``any_to_any.png``: for the first held-out scenes, the ground truth of every modality, then the
+  model's generation in every direction (rgb -> semseg / depth / det / caption; caption / det /
+  depth / semseg -> rgb; caption -> det and caption -> det -> rgb);
+* ``benchmark.md`` and ``benchmark.json``: the ShapesWorld benchmark (``fourm eval``) on those
+  scenes, each score beside its tokenizer bound;
+* ``summary.json``: paths, settings and wall times.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+import fourm
+from fourm.atomic import atomic_write_text
 from fourm.data import shapes_world as sw
 from fourm.data.commands import write_shapes
 from fourm.data.contact_sheet import render_contact_sheet
 from fourm.data.shards import ShardDataset, list_shards
 
+_ROOT = Path(fourm.__file__).resolve().parents[1]
+DEFAULT_MODEL = Path("models/shapes_bundled")
+DEFAULT_TOKENIZERS = Path("tokenizers/shapes64")
+DEMO_SEED = 1000  # held-out world: the bundled model trained on seed 0 and validated on seed 1
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="run the main job on ShapesWorld (data split + contact sheet)")
+    p = subparsers.add_parser("demo", help="the main job: any-to-any generation with the bundled model on ShapesWorld")
     p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    p.add_argument("--num-samples", type=int, default=256, help="samples in the split (default: 256)")
-    p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
-    p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
-    p.add_argument("--workers", type=int, default=2, help="generator processes (default: 2)")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"FourM folder (default: {DEFAULT_MODEL})")
+    p.add_argument("--tokenizers", type=Path, default=DEFAULT_TOKENIZERS,
+                   help=f"tokenizer folder (default: {DEFAULT_TOKENIZERS})")
+    p.add_argument("--num-samples", type=int, default=32,
+                   help="held-out scenes of the benchmark table (default: 32)")
+    p.add_argument("--grid-scenes", type=int, default=4, help="scenes shown in any_to_any.png (default: 4)")
+    p.add_argument("--seed", type=int, default=DEMO_SEED, help=f"held-out world seed (default: {DEMO_SEED})")
+    p.add_argument("--world-samples", type=int, default=64, help="samples of the ShapesWorld split (default: 64)")
+    p.add_argument("--image-size", type=int, default=64, help="image side in pixels of the data part (default: 64)")
+    p.add_argument("--workers", type=int, default=2, help="ShapesWorld generator processes (default: 2)")
+    p.add_argument("--world-only", action="store_true", help="only write the ShapesWorld split and its contact sheet")
     p.set_defaults(func=run)
+
+
+def _resolve(path: Path) -> Path:
+    """``path`` as given, or under the repository root when it is relative and missing here."""
+    return path if path.exists() or path.is_absolute() or not (_ROOT / path).exists() else _ROOT / path
+
+
+def world_part(out: Path, num_samples: int, seed: int, image_size: int, workers: int) -> dict:
+    """Write a ShapesWorld split as shards, read it back, render the contact sheet."""
+    t0 = time.perf_counter()
+    shard_dir = out / "shapes"
+    meta = write_shapes(shard_dir, num_samples=num_samples, seed=seed, config=sw.WorldConfig(image_size=image_size),
+                        shard_size=min(128, num_samples), workers=workers)
+    t_gen = time.perf_counter() - t0
+    samples = []
+    for sample in ShardDataset(list_shards(shard_dir), to_tensor=False):  # the path training uses
+        samples.append(sample)
+        if len(samples) == 16:
+            break
+    sheet = render_contact_sheet(samples, out / "contact_sheet.png",
+                                 title=f"ShapesWorld {sw.WORLD_VERSION} - seed {seed} - {image_size} px")
+    print(f"wrote {num_samples} ShapesWorld samples to {shard_dir} in {t_gen:.1f} s; contact sheet: {sheet}")
+    return {"shards": str(shard_dir), "num_samples": num_samples, "num_shards": len(list_shards(shard_dir)),
+            "generation_seconds": round(t_gen, 2), "samples_per_second": round(num_samples / t_gen, 1),
+            "contact_sheet": str(sheet), "world_version": meta["world_version"], "world_config": meta["config"]}
+
+
+def model_part(out: Path, model_dir: Path, tok_dir: Path, num_samples: int, grid_scenes: int, seed: int) -> dict:
+    """Any-to-any generation and the benchmark table on held-out scenes."""
+    from fourm.evaluation.benchmark import run_benchmark
+    from fourm.generation.commands import load_model
+    from fourm.vq.vqvae import load_tokenizers
+
+    t0 = time.perf_counter()
+    model = load_model(model_dir, "cpu")
+    tokenizers = load_tokenizers(tok_dir)
+    t_load = time.perf_counter() - t0
+    result = run_benchmark(model, tokenizers, seed=seed, num_samples=num_samples, grid_scenes=grid_scenes)
+    result.info.update({"model": str(model_dir), "tokenizers": str(tok_dir), "device": "cpu"})
+    table = result.table()
+    print(table)
+    atomic_write_text(out / "benchmark.md", table + "\n")
+    result.save_json(out / "benchmark.json")
+    result.save_grid(out / "any_to_any.png")
+    print(f"any-to-any grid: {out / 'any_to_any.png'}; table: {out / 'benchmark.md'}; scores: {out / 'benchmark.json'}")
+    return {"model": str(model_dir), "tokenizers": str(tok_dir), "seed": seed, "num_scenes": num_samples,
+            "load_seconds": round(t_load, 2), "benchmark_seconds": round(result.wall_s, 1),
+            "any_to_any": str(out / "any_to_any.png"), "benchmark": str(out / "benchmark.json")}
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
-    shard_dir = out / "shapes"
-    meta = write_shapes(
-        shard_dir, num_samples=args.num_samples, seed=args.seed,
-        config=sw.WorldConfig(image_size=args.image_size), shard_size=min(128, args.num_samples),
-        workers=args.workers,
-    )
-    t_gen = time.perf_counter() - t0
-
-    # Read back through the reader: the contact sheet shows what a trainer would see.
-    dataset = ShardDataset(list_shards(shard_dir), to_tensor=False)
-    samples = []
-    for sample in dataset:
-        samples.append(sample)
-        if len(samples) == 16:
-            break
-    sheet = render_contact_sheet(samples, out / "contact_sheet.png",
-                                 title=f"ShapesWorld {sw.WORLD_VERSION} - seed {args.seed} - {args.image_size} px")
-    summary = {
-        "shards": str(shard_dir),
-        "num_samples": args.num_samples,
-        "num_shards": len(list_shards(shard_dir)),
-        "generation_seconds": round(t_gen, 2),
-        "samples_per_second": round(args.num_samples / t_gen, 1),
-        "contact_sheet": str(sheet),
-        "world_version": meta["world_version"],
-        "world_config": meta["config"],
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {args.num_samples} ShapesWorld samples to {shard_dir} in {t_gen:.1f} s")
-    print(f"contact sheet: {sheet}")
-    print(f"summary: {out / 'summary.json'}")
+    model_dir, tok_dir = _resolve(args.model), _resolve(args.tokenizers)
+    if not args.world_only:
+        for flag, path, what in (("--model", model_dir, "config.json"), ("--tokenizers", tok_dir, "rgb")):
+            if not (path / what).exists():
+                print(f"fourm demo: error: {flag} {path}: no {what} there (the bundled files are "
+                      f"{DEFAULT_MODEL} and {DEFAULT_TOKENIZERS}; --world-only runs the data part alone)",
+                      file=sys.stderr)
+                return 2
+        for name, value, low in (("--num-samples", args.num_samples, 1), ("--grid-scenes", args.grid_scenes, 0)):
+            if value < low:
+                print(f"fourm demo: error: {name} {value}; must be >= {low}", file=sys.stderr)
+                return 2
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"world": world_part(out, args.world_samples, 0, args.image_size, args.workers)}
+    if not args.world_only:
+        summary["any_to_any"] = model_part(out, model_dir, tok_dir, args.num_samples, args.grid_scenes, args.seed)
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    print(f"summary: {out / 'summary.json'} ({summary['wall_seconds']:.0f} s)")
     return 0
