@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fourm.models.embeddings import GradStore, _use_store
+import fourm.models.embeddings as _emb  # module, not names: benchmarks switch _use_store off
+from fourm.models.embeddings import GradStore
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
@@ -79,6 +80,6 @@ def head_cross_entropy(linear: nn.Linear, h: Tensor, targets: Tensor, grad_store
     """
     if h.shape[0] == 0:
         raise ValueError("head_cross_entropy: no rows (n = 0); the mean over no targets is undefined")
-    if linear.bias is None and _use_store(linear.weight) and h.dtype == linear.weight.dtype:
+    if linear.bias is None and _emb._use_store(linear.weight) and h.dtype == linear.weight.dtype:
         return _HeadCrossEntropy.apply(h, linear.weight, targets, grad_store, work_store)
     return F.cross_entropy(linear(h).float(), targets)
