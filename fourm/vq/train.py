@@ -40,9 +40,9 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
-from fourm.config import ConfigError, save_json_atomic, to_dict
+from fourm.config import ConfigError, from_dict, save_json_atomic, to_dict
 from fourm.data.shapes_world import WorldConfig, render_scene
-from fourm.vq.evaluate import ReconstructionMetrics, render_batch
+from fourm.vq.evaluate import ReconstructionMetrics, parse_images, render_batch
 from fourm.vq.normalize import from_world
 from fourm.vq.photos import (DEFAULT_HOLDOUT, PHOTOS, PhotoCrops, check_photo_names, held_out_tiles,
                              training_photos)
@@ -138,6 +138,9 @@ class TokenizerTrainConfig:
         keep_checkpoints: how many recent checkpoints to keep.
         mixed_precision: ``no``, ``bf16`` or ``fp16`` (autocast; quantisation stays float32).
         usage_window: steps over which codebook usage and perplexity are measured.
+        eval_parser: rgb on ShapesWorld scenes: also score the analytic scene parser's object F1
+            on the held-out reconstructions at each evaluation (about 20 ms per scene on a CPU
+            core; see ``fourm.vq.evaluate``).
     """
 
     tokenizer: TokenizerConfig
@@ -153,6 +156,7 @@ class TokenizerTrainConfig:
     keep_checkpoints: int = 2
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     usage_window: int = 100
+    eval_parser: bool = True
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "usage_window"):
@@ -163,23 +167,31 @@ class TokenizerTrainConfig:
         if self.data.source == "photos" and self.tokenizer.modality != "rgb":
             raise ValueError(f"data.source 'photos' gives rgb images only, but tokenizer.modality is "
                              f"{self.tokenizer.modality!r}; use data.source: generator or shards")
+        if self.data.source == "photos" and self.tokenizer.needs_semseg:
+            raise ValueError(f"tokenizer.loss.object_weight={self.tokenizer.loss.object_weight} needs semseg maps, "
+                             "which data.source 'photos' does not have; use data.source: generator or shards, "
+                             "or drop loss.object_weight")
 
 
 # --- data ---------------------------------------------------------------------------------------
 
 class SceneDataset(Dataset):
-    """ShapesWorld scene ``index`` (mod ``num_scenes``) of world ``seed``, one modality, stored format."""
+    """ShapesWorld scene ``index`` (mod ``num_scenes``) of world ``seed``, one modality, stored
+    format; with ``with_semseg`` a pair (image, semseg class ids) (for ``loss.object_weight``)."""
 
-    def __init__(self, modality: str, seed: int, image_size: int, num_scenes: int | None = None) -> None:
-        self.modality, self.seed, self.num_scenes = modality, seed, num_scenes
+    def __init__(self, modality: str, seed: int, image_size: int, num_scenes: int | None = None,
+                 with_semseg: bool = False) -> None:
+        self.modality, self.seed, self.num_scenes, self.with_semseg = modality, seed, num_scenes, with_semseg
         self.world = WorldConfig(image_size=image_size)
 
     def __len__(self) -> int:
         return self.num_scenes or 2**62
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         i = index % self.num_scenes if self.num_scenes else index
-        return from_world(render_scene(self.seed, i, self.world), self.modality)
+        sample = render_scene(self.seed, i, self.world)
+        image = from_world(sample, self.modality)
+        return (image, from_world(sample, "semseg")) if self.with_semseg else image
 
 
 class StepBatches:
@@ -202,18 +214,21 @@ class ShardImages(IterableDataset):
     """One modality of the samples in shards (already in stored format), epoch after epoch.
 
     Each process reads its own share (``ShardDataset``'s rank / world_size), shuffled per epoch by
-    ``seed``. ``skip`` positions of this process's stream are passed over (resume).
+    ``seed``. ``skip`` positions of this process's stream are passed over (resume). With
+    ``with_semseg`` each item is a pair (image, semseg class ids).
     """
 
-    def __init__(self, shards: str, modality: str, seed: int, rank: int, world_size: int, skip: int = 0) -> None:
+    def __init__(self, shards: str, modality: str, seed: int, rank: int, world_size: int, skip: int = 0,
+                 with_semseg: bool = False) -> None:
         super().__init__()
         self.shards, self.modality, self.seed = shards, modality, seed
-        self.rank, self.world_size, self.skip = rank, world_size, skip
+        self.rank, self.world_size, self.skip, self.with_semseg = rank, world_size, skip, with_semseg
 
     def __iter__(self):
         from fourm.data.shards import ShardDataset
 
-        ds = ShardDataset(self.shards, fields=[self.modality], shuffle=True, seed=self.seed,
+        fields = [self.modality, "semseg"] if self.with_semseg else [self.modality]
+        ds = ShardDataset(self.shards, fields=fields, shuffle=True, seed=self.seed,
                           rank=self.rank, world_size=self.world_size)
         n = ds.num_samples()
         if n == 0:
@@ -222,19 +237,22 @@ class ShardImages(IterableDataset):
         while True:
             ds.set_epoch(epoch, start)
             for sample in ds:
-                yield from_world(sample, self.modality)
+                image = from_world(sample, self.modality)
+                yield (image, from_world(sample, "semseg")) if self.with_semseg else image
             epoch, start = epoch + 1, 0
 
 
 def build_loader(cfg: TokenizerTrainConfig, start: int, rank: int, world_size: int):
-    """Batches (B, ...) of stored-format images for steps ``start .. cfg.steps - 1`` of one process."""
+    """Batches (B, ...) of stored-format images for steps ``start .. cfg.steps - 1`` of one process;
+    pairs [images, semseg (B, H, W)] when the tokenizer's loss needs semseg (``loss.object_weight``)."""
     t, d = cfg.tokenizer, cfg.data
     if d.source in ("generator", "photos"):
         ds = (PhotoCrops(d.seed, t.image_size, d.holdout, d.crop_scale) if d.source == "photos"
-              else SceneDataset(t.modality, d.seed, t.image_size, d.num_scenes))
+              else SceneDataset(t.modality, d.seed, t.image_size, d.num_scenes, with_semseg=t.needs_semseg))
         sampler = StepBatches(start, cfg.steps, cfg.batch_size, rank, world_size)
         return DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers)
-    ds = ShardImages(cfg.data.shards, t.modality, cfg.data.seed, rank, world_size, skip=start * cfg.batch_size)
+    ds = ShardImages(cfg.data.shards, t.modality, cfg.data.seed, rank, world_size, skip=start * cfg.batch_size,
+                     with_semseg=t.needs_semseg)
     loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers)
     return itertools.islice(loader, cfg.steps - start)
 
@@ -329,7 +347,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: bool = False, progress: b
         raise FileExistsError(f"{out_dir} already holds checkpoints ({ckpt.name}); pass --resume or choose another out_dir")
     if ckpt is not None:
         saved = json.loads((out_dir / "train_config.json").read_text())
-        if saved.get("tokenizer") != to_dict(cfg.tokenizer):
+        if from_dict(TokenizerConfig, saved.get("tokenizer")) != cfg.tokenizer:  # new fields read as defaults
             raise ConfigError(f"{out_dir}: the tokenizer config differs from the one it was trained with; "
                               "resume with the same tokenizer settings or use another out_dir")
 
@@ -362,12 +380,13 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: bool = False, progress: b
     t0 = time.perf_counter()
     step = start
     model.train()
-    for step, images in enumerate(loader, start=start):
+    for step, batch in enumerate(loader, start=start):
         lr = lr_at(step, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr
+        images, semseg = batch if cfg.tokenizer.needs_semseg else (batch, None)
         with accelerator.autocast():
-            out = model(images)
+            out = model(images, semseg) if semseg is not None else model(images)
         accelerator.backward(out.loss)
         if cfg.optim.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -408,19 +427,27 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: bool = False, progress: b
             "wall_s": time.perf_counter() - t0, "last": last, "eval": last_eval}
 
 
-def _held_out(cfg: TokenizerTrainConfig) -> dict[str, torch.Tensor]:
-    """The held-out batch scored during training: scenes of ``eval_seed``, or the held-out photos' tiles."""
+def _held_out(cfg: TokenizerTrainConfig) -> dict:
+    """The held-out batch scored during training: scenes of ``eval_seed``, or the held-out photos'
+    tiles. rgb scenes with ``eval_parser`` also carry their objects and the parse of the originals
+    (computed once here, the reference of every evaluation)."""
     if cfg.data.source == "photos":
         return {"rgb": held_out_tiles(cfg.data.holdout, cfg.tokenizer.image_size)}
-    return render_batch(cfg.data.eval_seed, range(cfg.data.eval_samples), cfg.tokenizer.image_size)
+    parser = cfg.eval_parser and cfg.tokenizer.modality == "rgb"
+    batch = render_batch(cfg.data.eval_seed, range(cfg.data.eval_samples), cfg.tokenizer.image_size, objects=parser)
+    if parser:
+        batch["parsed"] = parse_images(batch["rgb"])
+    return batch
 
 
 @torch.no_grad()
-def evaluate_batch(model: ImageTokenizer, batch: dict[str, torch.Tensor], batch_size: int = 64) -> dict[str, float]:
-    """Reconstruction metrics of ``model`` on a held-out batch of all modalities (see evaluate.py)."""
+def evaluate_batch(model: ImageTokenizer, batch: dict, batch_size: int = 64) -> dict[str, float]:
+    """Reconstruction metrics of ``model`` on a held-out batch of all modalities (see evaluate.py);
+    rgb adds the scene parser's scores when the batch carries ``objects`` (``render_batch(...,
+    objects=True)``), using its ``parsed`` originals when present."""
     model.eval()
     m = model.modality
-    acc = ReconstructionMetrics(m, model.codebook_size)
+    acc = ReconstructionMetrics(m, model.codebook_size, parser=m == "rgb" and "objects" in batch)
     n = batch[m].shape[0]
     for lo in range(0, n, batch_size):
         part = {k: v[lo:lo + batch_size] for k, v in batch.items()}

@@ -76,11 +76,19 @@ class LossConfig:
 
     rgb and depth use ``l1`` (default 1) plus ``mse`` (default 0) on normalised values (depth:
     normalised log-depth); semseg uses ``cross_entropy`` (default 1) over classes.
+
+    ``object_weight`` (rgb only; default 0 = off) weights the pixels of objects, and the one-pixel
+    ring around them where the silhouette edge lies, ``1 + object_weight`` times a background
+    pixel; each image's weights are then divided by their mean, so the loss keeps its scale. Objects
+    cover about a tenth of a ShapesWorld image, so with plain per-pixel losses the sky and ground
+    dominate and shapes blur into blobs. Training then needs the scenes' semseg maps (data.source
+    generator or shards) to find the objects; see :func:`object_weight_map`.
     """
 
     l1: float | None = None
     mse: float | None = None
     cross_entropy: float | None = None
+    object_weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,13 +139,43 @@ class TokenizerConfig:
                 raise ValueError(f"normalize.num_classes={self.normalize.num_classes}: semseg is stored as uint8 (<= 256)")
         elif self.loss.cross_entropy is not None:
             raise ValueError(f"loss.cross_entropy applies to semseg only, not {self.modality}; use loss.l1 / loss.mse")
+        ow = self.loss.object_weight
+        if ow is not None:
+            if self.modality != "rgb":
+                raise ValueError(f"loss.object_weight={ow} applies to rgb only, not {self.modality}; remove it")
+            if not (isinstance(ow, (int, float)) and math.isfinite(ow) and ow >= 0):
+                raise ValueError(f"loss.object_weight={ow!r}: must be a finite number >= 0 (0 = off; e.g. 4)")
 
     @property
     def loss_weights(self) -> dict[str, float]:
         """Resolved reconstruction loss weights of this modality."""
         if self.modality == "semseg":
             return {"cross_entropy": 1.0 if self.loss.cross_entropy is None else self.loss.cross_entropy}
-        return {"l1": 1.0 if self.loss.l1 is None else self.loss.l1, "mse": self.loss.mse or 0.0}
+        return {"l1": 1.0 if self.loss.l1 is None else self.loss.l1, "mse": self.loss.mse or 0.0,
+                "object_weight": float(self.loss.object_weight or 0.0)}
+
+    @property
+    def needs_semseg(self) -> bool:
+        """Whether training needs the scenes' semseg maps (``loss.object_weight`` > 0)."""
+        return self.modality == "rgb" and bool(self.loss.object_weight)
+
+
+def object_weight_map(semseg: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """Per-pixel loss weights of ``loss.object_weight``, normalised to mean 1 per image.
+
+    Args:
+        semseg: (B, H, W) class ids (``SEMSEG_CLASSES``: 0 sky, 1 ground, >= 2 an object).
+        object_weight: extra weight of object pixels and of the one-pixel ring around them.
+    Returns:
+        (B, 1, H, W) float32 weights: ``1 + object_weight`` on (dilated) objects, 1 elsewhere,
+        divided by the image's mean.
+    """
+    if semseg.ndim != 3:
+        raise ValueError(f"semseg must have shape (B, H, W), got {tuple(semseg.shape)}")
+    obj = (semseg >= 2).float().unsqueeze(1)  # (B, 1, H, W)
+    ring = F.max_pool2d(obj, kernel_size=3, stride=1, padding=1)  # objects grown by one pixel: their edges
+    w = 1.0 + object_weight * ring
+    return w / w.mean(dim=(1, 2, 3), keepdim=True)
 
 
 # --- nets ---------------------------------------------------------------------------------------
@@ -304,27 +342,52 @@ class ImageTokenizer(nn.Module):
         """Quantized latents (B, D, h, w) -> network output (B, C_out, H, W)."""
         return self.decoder(z)
 
-    def forward_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward_loss(self, output: torch.Tensor, target: torch.Tensor,
+                     pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruction loss of the network output (B, C_out, H, W) against the normalised
-        input (B, C, H, W) (rgb, depth) or the class ids (B, H, W) (semseg)."""
+        input (B, C, H, W) (rgb, depth) or the class ids (B, H, W) (semseg); ``pixel_weights``
+        (B, 1, H, W) of mean 1 (:func:`object_weight_map`) weight the per-pixel l1 / mse terms."""
         w = self.config.loss_weights
         out = output.float()
         if self.modality == "semseg":
             return w["cross_entropy"] * F.cross_entropy(out, target)
-        loss = w["l1"] * F.l1_loss(out, target)
+        if pixel_weights is None:
+            loss = w["l1"] * F.l1_loss(out, target)
+            if w["mse"]:
+                loss = loss + w["mse"] * F.mse_loss(out, target)
+            return loss
+        diff = out - target  # (B, C, H, W)
+        loss = w["l1"] * (diff.abs() * pixel_weights).mean()
         if w["mse"]:
-            loss = loss + w["mse"] * F.mse_loss(out, target)
+            loss = loss + w["mse"] * (diff.square() * pixel_weights).mean()
         return loss
 
-    def forward(self, images: torch.Tensor) -> TokenizerOutput:
-        """Training pass on a stored-format batch (see the class docstring)."""
+    def forward(self, images: torch.Tensor, semseg: torch.Tensor | None = None) -> TokenizerOutput:
+        """Training pass on a stored-format batch (see the class docstring).
+
+        Args:
+            images: the stored-format batch.
+            semseg: (B, H, W) class ids of the same scenes; required exactly when
+                ``loss.object_weight`` > 0 (rgb), where it locates the objects.
+        """
+        if self.config.needs_semseg and semseg is None:
+            raise ValueError(f"loss.object_weight={self.config.loss.object_weight} needs the scenes' semseg maps: "
+                             "call forward(images, semseg=...)")
+        if semseg is not None and not self.config.needs_semseg:
+            raise ValueError("semseg was given but loss.object_weight is not set (> 0); it would be unused")
         x, _ = self.normalizer.check(images)
         self._check_size(x)
         x = self.normalizer.to_model(x.to(self.device))
+        weights = None
+        if semseg is not None:
+            if tuple(semseg.shape) != (x.shape[0], *x.shape[-2:]):
+                raise ValueError(f"semseg has shape {tuple(semseg.shape)}; expected {(x.shape[0], *x.shape[-2:])} "
+                                 "(one map per image, same size)")
+            weights = object_weight_map(semseg.to(self.device), self.config.loss_weights["object_weight"])
         z = self.forward_encoder(x)  # (B, D, h, w)
         q = self.quantizer(z)
         output = self.forward_decoder(q.quantized)  # (B, C_out, H, W)
-        recon = self.forward_loss(output, x)  # x is the target: normalised values or class ids
+        recon = self.forward_loss(output, x, weights)  # x is the target: normalised values or class ids
         return TokenizerOutput(recon + q.loss, recon.detach(), q.loss.detach(), q.codes, output)
 
     # public API ---------------------------------------------------------------------------------
