@@ -6,14 +6,19 @@
 
 The pipeline is the reference's (section 5.1 of reference-4m.md): normalise -> encoder ->
 projection to a small latent (32 channels) -> quantizer -> decoder -> de-normalise. Encoder and
-decoder are small convolutional nets (residual blocks with GroupNorm, one stride-2 convolution per
-halving), chosen over a ViT because they are several times faster on a CPU at 64 px and need no
-position embedding to work at other resolutions: ``downsample`` pixels per token side, 8 by
-default (64 px -> 8 x 8), 16 for 224 px -> 14 x 14.
+decoder are small convolutional nets (``fourm.vq.convnets``: residual blocks with GroupNorm, one
+stride-2 convolution per halving), chosen over a ViT because they are several times faster on a
+CPU at 64 px and need no position embedding to work at other resolutions: ``downsample`` pixels
+per token side, 8 by default (64 px -> 8 x 8), 16 for 224 px -> 14 x 14.
 
 Normalisation is inside (see ``fourm.vq.normalize``): ``encode`` takes images as stored and
 ``decode`` returns them as stored. The semseg tokenizer embeds class ids with a learned table (as
 the reference does) and its decoder outputs class logits.
+
+``decoder.kind`` picks the decoder: ``conv`` (the default, described above) or ``diffusion`` (rgb
+and depth: a conditional UNet denoiser sampled with DDIM, as 4M's DiVAE; see
+``fourm.vq.diffusion``), whose ``decode(tokens, steps=..., generator=...)`` draws its starting
+noise from an explicit generator (a fixed seed when none is given).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +38,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fourm.config import from_dict, save_json_atomic, to_dict
+from fourm.vq.convnets import Decoder, Encoder, NetConfig
+from fourm.vq.diffusion import DiffusionConfig, check_steps
 from fourm.vq.normalize import IMAGE_MODALITIES, NormalizeConfig, as_tensor, build_normalizer
 from fourm.vq.quantizers import QuantizerConfig, build_quantizer
 
@@ -40,34 +47,66 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
+DECODER_KINDS = ("conv", "diffusion")
+DEFAULT_DECODE_SEED = 0  # seed of a diffusion decoder's starting noise when decode gets no generator
+
 
 @dataclass(frozen=True)
-class NetConfig:
-    """A convolutional encoder or decoder.
+class DecoderConfig:
+    """The decoder: a convolutional net (``kind: conv``) or a diffusion model (``kind: diffusion``).
 
     Args:
-        dim: channels at full resolution.
-        dim_mult: channel multiplier of each resolution stage, full resolution first; one entry
-            per halving, so ``len(dim_mult) == log2(downsample)``.
-        depths: residual blocks of each stage (same length as ``dim_mult``); 0 at full
-            resolution saves most of the compute.
+        kind: ``conv`` (default; the mirror of the encoder) or ``diffusion`` (rgb and depth).
+        dim, dim_mult, depths: size of the conv decoder, as in ``NetConfig`` (unset: its
+            defaults); not allowed with ``kind: diffusion``.
+        diffusion: the diffusion decoder (``DiffusionConfig``; unset: its defaults); not allowed
+            with ``kind: conv``.
+
+    Configs written before ``kind`` existed (``{dim, dim_mult, depths}``) read as ``kind: conv``.
     """
 
-    dim: int = 16
-    dim_mult: tuple[int, ...] = (1, 2, 4)
-    depths: tuple[int, ...] = (0, 1, 1)
+    kind: Literal["conv", "diffusion"] = "conv"
+    dim: int | None = None
+    dim_mult: tuple[int, ...] | None = None
+    depths: tuple[int, ...] | None = None
+    # ``dict``: a mapping is converted in __post_init__, so that a bad entry's own message reaches
+    # the user (fourm.config reports a value that fails ``DiffusionConfig | None`` as "fits none of")
+    diffusion: DiffusionConfig | dict | None = None
 
     def __post_init__(self) -> None:
-        if self.dim < 1 or not self.dim_mult or min(self.dim_mult) < 1:
-            raise ValueError(f"dim={self.dim}, dim_mult={list(self.dim_mult)}: need positive values")
-        if len(self.depths) != len(self.dim_mult) or min(self.depths) < 0:
-            raise ValueError(
-                f"depths={list(self.depths)}: need one count >= 0 per stage of dim_mult={list(self.dim_mult)}"
-            )
+        if isinstance(self.diffusion, dict):
+            diffusion = from_dict(DiffusionConfig, self.diffusion, "tokenizer.decoder.diffusion")
+            object.__setattr__(self, "diffusion", diffusion)
+        conv_fields = {n: getattr(self, n) for n in ("dim", "dim_mult", "depths")}
+        if self.kind == "conv":
+            if self.diffusion is not None:
+                raise ValueError("decoder.diffusion is set but decoder.kind is 'conv'; "
+                                 "set decoder.kind: diffusion or remove decoder.diffusion")
+            net = NetConfig(**{n: v for n, v in conv_fields.items() if v is not None})  # validates
+            for n in conv_fields:
+                object.__setattr__(self, n, getattr(net, n))
+        elif self.kind == "diffusion":
+            given = [n for n, v in conv_fields.items() if v is not None]
+            if given:
+                raise ValueError(f"decoder.{'/'.join(given)} size the conv decoder, but decoder.kind is 'diffusion'; "
+                                 "remove them and size the UNet with decoder.diffusion.block_out_channels / "
+                                 "layers_per_block")
+            if self.diffusion is None:
+                object.__setattr__(self, "diffusion", DiffusionConfig())
+        else:
+            raise ValueError(f"decoder.kind={self.kind!r}; allowed: {', '.join(map(repr, DECODER_KINDS))}")
 
     @property
-    def channels(self) -> list[int]:
-        return [self.dim * m for m in self.dim_mult]
+    def net(self) -> NetConfig:
+        """The conv decoder's ``NetConfig`` (``kind: conv`` only)."""
+        if self.kind != "conv":
+            raise ValueError(f"decoder.kind is {self.kind!r}; only a conv decoder has a NetConfig")
+        return NetConfig(self.dim, tuple(self.dim_mult), tuple(self.depths))
+
+    @classmethod
+    def from_net(cls, net: NetConfig) -> "DecoderConfig":
+        """The conv decoder of ``net``."""
+        return cls(kind="conv", dim=net.dim, dim_mult=tuple(net.dim_mult), depths=tuple(net.depths))
 
 
 @dataclass(frozen=True)
@@ -100,7 +139,9 @@ class TokenizerConfig:
         image_size: side of the training images in pixels (encode accepts any multiple of
             ``downsample``).
         downsample: pixels per token side; a power of two.
-        encoder, decoder: the two nets; each needs ``log2(downsample)`` entries in ``dim_mult``.
+        encoder: the encoder net; needs ``log2(downsample)`` entries in ``dim_mult``.
+        decoder: ``DecoderConfig``: a conv net like the encoder (the default; a ``NetConfig`` is
+            accepted and read as one) or a diffusion decoder (rgb, depth).
         quantizer: see ``QuantizerConfig``.
         normalize: the fixed normalisation constants (depth range, number of classes).
         loss: reconstruction loss weights.
@@ -111,7 +152,7 @@ class TokenizerConfig:
     image_size: int = 64
     downsample: int = 8
     encoder: NetConfig = field(default_factory=NetConfig)
-    decoder: NetConfig = field(default_factory=NetConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -124,7 +165,10 @@ class TokenizerConfig:
         if d < 2 or d & (d - 1):
             raise ValueError(f"downsample={d}: must be a power of two >= 2 (8 gives 8 x 8 tokens at 64 px)")
         stages = int(math.log2(d))
-        for name, net in (("encoder", self.encoder), ("decoder", self.decoder)):
+        if isinstance(self.decoder, NetConfig):
+            object.__setattr__(self, "decoder", DecoderConfig.from_net(self.decoder))
+        nets = [("encoder", self.encoder)] + ([("decoder", self.decoder)] if self.decoder.kind == "conv" else [])
+        for name, net in nets:
             if len(net.dim_mult) != stages:
                 raise ValueError(
                     f"{name}.dim_mult has {len(net.dim_mult)} entries but downsample={d} needs {stages} "
@@ -132,6 +176,8 @@ class TokenizerConfig:
                 )
         if self.image_size % d:
             raise ValueError(f"image_size={self.image_size} must be a multiple of downsample={d}")
+        if self.decoder.kind == "diffusion":
+            self._check_diffusion()
         if self.modality == "semseg":
             if self.loss.l1 is not None or self.loss.mse is not None:
                 raise ValueError("loss.l1 / loss.mse do not apply to semseg (it uses loss.cross_entropy); remove them")
@@ -145,6 +191,20 @@ class TokenizerConfig:
                 raise ValueError(f"loss.object_weight={ow} applies to rgb only, not {self.modality}; remove it")
             if not (isinstance(ow, (int, float)) and math.isfinite(ow) and ow >= 0):
                 raise ValueError(f"loss.object_weight={ow!r}: must be a finite number >= 0 (0 = off; e.g. 4)")
+
+    def _check_diffusion(self) -> None:
+        dc = self.decoder.diffusion
+        if self.modality not in ("rgb", "depth"):
+            raise ValueError(f"decoder.kind='diffusion' with modality={self.modality!r}: class ids are not a "
+                             "diffusion target; allowed for rgb and depth (use decoder.kind: conv for semseg)")
+        if 2 ** dc.halvings > self.downsample:
+            raise ValueError(f"decoder.diffusion.block_out_channels={list(dc.block_out_channels)} halves the image "
+                             f"{dc.halvings} times (by {2 ** dc.halvings}), which must divide downsample="
+                             f"{self.downsample} so every token grid decodes; use at most "
+                             f"{int(math.log2(self.downsample)) + 1} levels")
+        if self.loss.l1 is not None or self.loss.mse is not None:
+            raise ValueError("loss.l1 / loss.mse weight the conv decoder's reconstruction; the diffusion decoder "
+                             "is trained with the denoising MSE (decoder.diffusion.prediction_type); remove them")
 
     @property
     def loss_weights(self) -> dict[str, float]:
@@ -176,82 +236,6 @@ def object_weight_map(semseg: torch.Tensor, object_weight: float) -> torch.Tenso
     ring = F.max_pool2d(obj, kernel_size=3, stride=1, padding=1)  # objects grown by one pixel: their edges
     w = 1.0 + object_weight * ring
     return w / w.mean(dim=(1, 2, 3), keepdim=True)
-
-
-# --- nets ---------------------------------------------------------------------------------------
-
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(8 if channels % 8 == 0 else 1, channels)
-
-
-class ResBlock(nn.Module):
-    """norm -> SiLU -> conv3x3, twice, plus a (projected) skip connection."""
-
-    def __init__(self, dim_in: int, dim_out: int) -> None:
-        super().__init__()
-        self.norm1, self.conv1 = _norm(dim_in), nn.Conv2d(dim_in, dim_out, 3, padding=1)
-        self.norm2, self.conv2 = _norm(dim_out), nn.Conv2d(dim_out, dim_out, 3, padding=1)
-        self.skip = nn.Conv2d(dim_in, dim_out, 1) if dim_in != dim_out else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.skip(x) + h
-
-
-class Encoder(nn.Module):
-    """(B, C, H, W) -> (B, latent_dim, H / 2^S, W / 2^S) with S = len(dim_mult)."""
-
-    def __init__(self, in_channels: int, latent_dim: int, config: NetConfig) -> None:
-        super().__init__()
-        ch = config.channels
-        self.stem = nn.Conv2d(in_channels, ch[0], 3, padding=1)
-        stages = []
-        for i, c in enumerate(ch):
-            c_next = ch[min(i + 1, len(ch) - 1)]
-            blocks = [ResBlock(c, c) for _ in range(config.depths[i])]
-            stages.append(nn.Sequential(*blocks, nn.Conv2d(c, c_next, 3, stride=2, padding=1)))
-        self.stages = nn.Sequential(*stages)
-        self.mid = ResBlock(ch[-1], ch[-1])
-        self.norm_out = _norm(ch[-1])
-        self.proj = nn.Conv2d(ch[-1], latent_dim, 1)  # the reference's quant_proj
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.stages(self.stem(x)))  # (B, C_last, h, w)
-        return self.proj(F.silu(self.norm_out(h)))  # (B, latent_dim, h, w)
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour x2 then conv3x3 (no checkerboard artefacts, unlike a transposed conv)."""
-
-    def __init__(self, dim_in: int, dim_out: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(dim_in, dim_out, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
-class Decoder(nn.Module):
-    """(B, latent_dim, h, w) -> (B, out_channels, h * 2^S, w * 2^S), mirroring ``Encoder``."""
-
-    def __init__(self, latent_dim: int, out_channels: int, config: NetConfig) -> None:
-        super().__init__()
-        ch = config.channels
-        self.proj = nn.Conv2d(latent_dim, ch[-1], 3, padding=1)  # the reference's post_quant_proj
-        self.mid = ResBlock(ch[-1], ch[-1])
-        stages = []
-        for i in reversed(range(len(ch))):
-            c_prev = ch[min(i + 1, len(ch) - 1)]
-            blocks = [ResBlock(ch[i], ch[i]) for _ in range(config.depths[i])]
-            stages.append(nn.Sequential(Upsample(c_prev, ch[i]), *blocks))
-        self.stages = nn.Sequential(*stages)
-        self.norm_out = _norm(ch[0])
-        self.head = nn.Conv2d(ch[0], out_channels, 3, padding=1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.stages(self.mid(self.proj(z)))  # (B, C_0, H, W)
-        return self.head(F.silu(self.norm_out(h)))  # (B, out_channels, H, W)
 
 
 # --- the tokenizer ------------------------------------------------------------------------------
@@ -300,7 +284,13 @@ class ImageTokenizer(nn.Module):
             in_channels = self.normalizer.in_channels
         self.encoder = Encoder(in_channels, qc.latent_dim, config.encoder)
         self.quantizer = build_quantizer(qc, sync_codebook=sync_codebook)
-        self.decoder = Decoder(qc.latent_dim, self.normalizer.out_channels, config.decoder)
+        out_channels = self.normalizer.out_channels
+        if config.decoder.kind == "diffusion":
+            from fourm.vq.diffusion import DiffusionDecoder
+
+            self.decoder = DiffusionDecoder(qc.latent_dim, out_channels, config.decoder.diffusion, config.image_size)
+        else:
+            self.decoder = Decoder(qc.latent_dim, out_channels, config.decoder.net)
         # channels-last convolutions run about 1.5x faster on CPUs (oneDNN) and suit GPU autocast
         self.to(memory_format=torch.channels_last)
 
@@ -313,6 +303,16 @@ class ImageTokenizer(nn.Module):
     def codebook_size(self) -> int:
         """Number of token ids (the vocabulary size of this modality)."""
         return self.quantizer.codebook_size
+
+    @property
+    def is_diffusion(self) -> bool:
+        """Whether the decoder is a diffusion model (``decoder.kind: diffusion``)."""
+        return self.config.decoder.kind == "diffusion"
+
+    @property
+    def decode_steps(self) -> int | None:
+        """Default DDIM steps of ``decode`` (diffusion decoder), None for the one-pass conv decoder."""
+        return self.config.decoder.diffusion.num_inference_steps if self.is_diffusion else None
 
     @property
     def device(self) -> torch.device:
@@ -338,9 +338,25 @@ class ImageTokenizer(nn.Module):
         """Normalised input -> latents (B, D, h, w)."""
         return self.encoder(self.prepare_input(x))
 
-    def forward_decoder(self, z: torch.Tensor) -> torch.Tensor:
-        """Quantized latents (B, D, h, w) -> network output (B, C_out, H, W)."""
-        return self.decoder(z)
+    def forward_decoder(self, z: torch.Tensor, steps: int | None = None,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+        """Quantized latents (B, D, h, w) -> network output (B, C_out, H, W) (H = h * downsample).
+
+        The conv decoder makes one pass (``steps`` must be None, ``generator`` is unused); the
+        diffusion decoder runs ``steps`` DDIM steps (default ``decode_steps``) from noise drawn
+        by ``generator`` (default: seeded with ``DEFAULT_DECODE_SEED``) and returns normalised
+        images.
+        """
+        if not self.is_diffusion:
+            if steps is not None:
+                raise ValueError(f"steps={steps} applies to a diffusion decoder; this {self.modality} tokenizer's "
+                                 "decoder.kind is 'conv' (one pass): leave steps unset")
+            return self.decoder(z)
+        steps = self.decode_steps if steps is None else steps
+        if generator is None:
+            generator = torch.Generator().manual_seed(DEFAULT_DECODE_SEED)
+        size = (z.shape[-2] * self.config.downsample, z.shape[-1] * self.config.downsample)
+        return self.decoder.sample(z, size, steps, generator)
 
     def forward_loss(self, output: torch.Tensor, target: torch.Tensor,
                      pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -362,13 +378,17 @@ class ImageTokenizer(nn.Module):
             loss = loss + w["mse"] * (diff.square() * pixel_weights).mean()
         return loss
 
-    def forward(self, images: torch.Tensor, semseg: torch.Tensor | None = None) -> TokenizerOutput:
+    def forward(self, images: torch.Tensor, semseg: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> TokenizerOutput:
         """Training pass on a stored-format batch (see the class docstring).
 
         Args:
             images: the stored-format batch.
             semseg: (B, H, W) class ids of the same scenes; required exactly when
                 ``loss.object_weight`` > 0 (rgb), where it locates the objects.
+            generator: noise and timesteps of the diffusion decoder's loss, on the tokenizer's
+                device (None: torch's global RNG, which the trainer seeds and checkpoints);
+                unused by the conv decoder.
         """
         if self.config.needs_semseg and semseg is None:
             raise ValueError(f"loss.object_weight={self.config.loss.object_weight} needs the scenes' semseg maps: "
@@ -386,8 +406,11 @@ class ImageTokenizer(nn.Module):
             weights = object_weight_map(semseg.to(self.device), self.config.loss_weights["object_weight"])
         z = self.forward_encoder(x)  # (B, D, h, w)
         q = self.quantizer(z)
-        output = self.forward_decoder(q.quantized)  # (B, C_out, H, W)
-        recon = self.forward_loss(output, x, weights)  # x is the target: normalised values or class ids
+        if self.is_diffusion:  # denoising loss at a random timestep; output is the UNet's prediction
+            recon, output = self.decoder(x, q.quantized, weights, generator)
+        else:
+            output = self.forward_decoder(q.quantized)  # (B, C_out, H, W)
+            recon = self.forward_loss(output, x, weights)  # x is the target: normalised values or class ids
         return TokenizerOutput(recon + q.loss, recon.detach(), q.loss.detach(), q.codes, output)
 
     # public API ---------------------------------------------------------------------------------
@@ -409,9 +432,21 @@ class ImageTokenizer(nn.Module):
         return codes[0] if single else codes
 
     @torch.no_grad()
-    def decode(self, tokens: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Tokens -> images as stored (rgb uint8 (B, 3, H, W), depth float32 metres (B, H, W),
-        semseg uint8 class ids (B, H, W)); a (h, w) grid gives one image without B."""
+    def decode(self, tokens: torch.Tensor | np.ndarray, steps: int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Tokens -> images as stored.
+
+        Args:
+            tokens: int (B, h, w), or (h, w) for one image.
+            steps: DDIM steps of a diffusion decoder (default ``decode_steps``); must be unset
+                for the conv decoder.
+            generator: draws a diffusion decoder's starting noise (any device; default: a CPU
+                generator seeded with ``DEFAULT_DECODE_SEED``, so repeated calls agree); unused
+                by the conv decoder, which is deterministic.
+        Returns:
+            rgb uint8 (B, 3, H, W), depth float32 metres (B, H, W), semseg uint8 class ids
+            (B, H, W), with H = h * downsample; no B for a (h, w) grid.
+        """
         t = as_tensor(tokens, "tokens")
         if t.dtype.is_floating_point or t.dtype == torch.bool:
             raise TypeError(f"tokens must be an integer tensor, got {t.dtype}")
@@ -424,13 +459,16 @@ class ImageTokenizer(nn.Module):
             raise ValueError(
                 f"{self.modality} tokens must lie in [0, {self.codebook_size - 1}], got [{int(t.min())}, {int(t.max())}]"
             )
+        if steps is not None and self.is_diffusion:
+            check_steps(steps, self.config.decoder.diffusion.num_train_timesteps)
         z = self.quantizer.embed(t.to(self.device).long())  # (B, D, h, w)
-        out = self.normalizer.from_model(self.forward_decoder(z))
+        out = self.normalizer.from_model(self.forward_decoder(z, steps, generator))
         return out[0] if single else out
 
-    def reconstruct(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """``decode(encode(images))``."""
-        return self.decode(self.encode(images))
+    def reconstruct(self, images: torch.Tensor | np.ndarray, steps: int | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """``decode(encode(images), steps, generator)``."""
+        return self.decode(self.encode(images), steps, generator)
 
     def _check_size(self, x: torch.Tensor) -> None:
         self.token_grid(x.shape[-2], x.shape[-1])
