@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--json", default=None, help="write the results to this JSON file")
     ev.add_argument("--no-parser", action="store_true",
                     help="skip the scene parser's object F1 on rgb reconstructions (about 35 ms per scene)")
+    ev.add_argument("--decode-steps", type=int, default=None,
+                    help="DDIM steps of diffusion decoders (default: each tokenizer's num_inference_steps)")
+    ev.add_argument("--decode-seed", type=int, default=0, help="seed of diffusion decoders' noise (default 0)")
     ev.set_defaults(func=_eval)
 
     tz = subparsers.add_parser("tokenize", help="raw ShapesWorld shards -> token shards")
@@ -103,7 +106,8 @@ def _eval(args: argparse.Namespace) -> int:
     toks = load_tokenizers(args.tokenizers, map_location=args.device)
     results = evaluate_tokenizers(toks, seed=args.seed, num_samples=args.num_samples,
                                   image_size=args.image_size, batch_size=args.batch_size,
-                                  parser=not args.no_parser)
+                                  parser=not args.no_parser, decode_steps=args.decode_steps,
+                                  decode_seed=args.decode_seed)
     results["tokenizers"] = str(args.tokenizers)
     print(format_results(results))
     if args.json:

@@ -16,6 +16,10 @@ against the ground truth:
 | semseg   | mIoU over the classes present in the ground truth or the prediction; pixel accuracy |
 | all      | share of codes used over the whole evaluation set, and perplexity                 |
 
+A diffusion decoder (``decoder.kind: diffusion``) decodes with its configured DDIM steps (or
+``decode_steps``) from noise of one generator per tokenizer seeded with ``decode_seed`` (0), so
+its scores are repeatable; the steps and seed are reported under ``decoders``.
+
 These are the "tokenizer bound" rows of the benchmark: no model can beat them. PSNR alone hides
 what the benchmark's "-> rgb" tasks need: the sky and ground fill most pixels, so a tokenizer that
 turns diamonds into blobs still scores well; the parser F1 is the bound those tasks actually see.
@@ -205,6 +209,23 @@ class ReconstructionMetrics:
         return out
 
 
+def decode_settings(tokenizer: torch.nn.Module, steps: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """How ``tokenizer`` decodes in an evaluation: ``{"kind": "conv"}`` or ``{"kind": "diffusion",
+    "steps": DDIM steps (``steps`` or the tokenizer's default), "seed": seed of the noise}``."""
+    if not getattr(tokenizer, "is_diffusion", False):
+        return {"kind": "conv"}
+    return {"kind": "diffusion", "steps": tokenizer.decode_steps if steps is None else steps, "seed": seed}
+
+
+def decoder_for(tokenizer: torch.nn.Module, settings: Mapping[str, Any]):
+    """A ``tokens -> images`` function of ``tokenizer`` under ``settings`` (``decode_settings``);
+    a diffusion decoder draws its noise from one generator, seeded once here."""
+    if settings["kind"] == "conv":
+        return tokenizer.decode
+    generator = torch.Generator().manual_seed(settings["seed"])
+    return lambda tokens: tokenizer.decode(tokens, steps=settings["steps"], generator=generator)
+
+
 @torch.no_grad()
 def evaluate_tokenizers(
     tokenizers: Mapping[str, torch.nn.Module],
@@ -214,6 +235,8 @@ def evaluate_tokenizers(
     batch_size: int = 64,
     progress: bool = True,
     parser: bool = True,
+    decode_steps: int | None = None,
+    decode_seed: int = 0,
 ) -> dict:
     """Round-trip ``num_samples`` scenes of world ``seed`` through each image tokenizer.
 
@@ -226,8 +249,12 @@ def evaluate_tokenizers(
         progress: show a progress bar.
         parser: score the rgb reconstructions with the scene parser too (about 35 ms per scene
             on a CPU core: reconstruction and original).
+        decode_steps: DDIM steps of the diffusion decoders (default: each one's configured
+            ``num_inference_steps``); refused when no tokenizer has a diffusion decoder.
+        decode_seed: seed of the diffusion decoders' starting noise.
     Returns:
-        {"seed", "num_samples", "image_size", "wall_s", "<modality>": {metric: value}}.
+        {"seed", "num_samples", "image_size", "wall_s", "decoders": {modality: decode_settings},
+        "<modality>": {metric: value}}.
     """
     from fourm.vq.vqvae import ImageTokenizer
 
@@ -241,6 +268,11 @@ def evaluate_tokenizers(
         image_size = sizes.pop()
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples}: must be >= 1")
+    settings = {m: decode_settings(t, decode_steps, decode_seed) for m, t in image_toks.items()}
+    if decode_steps is not None and all(s["kind"] == "conv" for s in settings.values()):
+        raise ValueError(f"decode_steps={decode_steps} applies to diffusion decoders; the tokenizers "
+                         f"{', '.join(image_toks)} all have conv decoders (leave it unset)")
+    decoders = {m: decoder_for(t, settings[m]) for m, t in image_toks.items()}
     start = time.perf_counter()
     metrics = {m: ReconstructionMetrics(m, t.codebook_size, parser=parser and m == "rgb")
                for m, t in image_toks.items()}
@@ -250,10 +282,10 @@ def evaluate_tokenizers(
         batch = render_batch(seed, idx, image_size, objects=parser and "rgb" in image_toks)
         for m, tok in image_toks.items():
             tokens = tok.encode(batch[m])
-            metrics[m].update(tokens, tok.decode(tokens), batch)
+            metrics[m].update(tokens, decoders[m](tokens), batch)
         bar.update(len(idx))
     bar.close()
-    out: dict = {"seed": seed, "num_samples": num_samples, "image_size": image_size}
+    out: dict = {"seed": seed, "num_samples": num_samples, "image_size": image_size, "decoders": settings}
     out.update({m: r.result() for m, r in metrics.items()})
     out["wall_s"] = time.perf_counter() - start
     return out
@@ -263,6 +295,9 @@ def format_results(results: Mapping) -> str:
     """A small text table of ``evaluate_tokenizers`` results."""
     lines = [f"tokenizer reconstruction: {results['num_samples']} scenes, seed {results['seed']}, "
              f"{results['image_size']} px, {results['wall_s']:.1f} s"]
+    for m, d in results.get("decoders", {}).items():
+        if d["kind"] == "diffusion":
+            lines.append(f"  {m} decoder: diffusion, {d['steps']} DDIM steps, noise seed {d['seed']}")
     for m in ("rgb", "depth", "semseg"):
         if m in results:
             own = {k: v for k, v in results[m].items() if not k.endswith("_original")}

@@ -42,7 +42,7 @@ from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks with
 
 from fourm.config import ConfigError, from_dict, save_json_atomic, to_dict
 from fourm.data.shapes_world import WorldConfig, render_scene
-from fourm.vq.evaluate import ReconstructionMetrics, parse_images, render_batch
+from fourm.vq.evaluate import ReconstructionMetrics, decode_settings, decoder_for, parse_images, render_batch
 from fourm.vq.normalize import from_world
 from fourm.vq.photos import (DEFAULT_HOLDOUT, PHOTOS, PhotoCrops, check_photo_names, held_out_tiles,
                              training_photos)
@@ -444,13 +444,15 @@ def _held_out(cfg: TokenizerTrainConfig) -> dict:
 def evaluate_batch(model: ImageTokenizer, batch: dict, batch_size: int = 64) -> dict[str, float]:
     """Reconstruction metrics of ``model`` on a held-out batch of all modalities (see evaluate.py);
     rgb adds the scene parser's scores when the batch carries ``objects`` (``render_batch(...,
-    objects=True)``), using its ``parsed`` originals when present."""
+    objects=True)``), using its ``parsed`` originals when present. A diffusion decoder decodes
+    with its configured DDIM steps from noise seeded with 0 (the same at every evaluation)."""
     model.eval()
     m = model.modality
     acc = ReconstructionMetrics(m, model.codebook_size, parser=m == "rgb" and "objects" in batch)
+    decode = decoder_for(model, decode_settings(model))
     n = batch[m].shape[0]
     for lo in range(0, n, batch_size):
         part = {k: v[lo:lo + batch_size] for k, v in batch.items()}
         tokens = model.encode(part[m])
-        acc.update(tokens, model.decode(tokens), part)
+        acc.update(tokens, decode(tokens), part)
     return acc.result()
