@@ -245,10 +245,11 @@ class TokenizerOutput(NamedTuple):
 
     Shapes:
         loss: () total loss = reconstruction + quantizer loss.
-        recon_loss: () reconstruction loss.
+        recon_loss: () reconstruction loss (diffusion decoder: the denoising MSE).
         quant_loss: () quantizer loss (commitment).
         codes: (B, h, w) int64.
-        output: (B, C_out, H, W) raw network output (normalised values or class logits).
+        output: (B, C_out, H, W) raw network output (normalised values or class logits; for a
+            diffusion decoder, the UNet's prediction of its prediction_type target).
     """
 
     loss: torch.Tensor
