@@ -112,15 +112,17 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        errors: list[ConfigError] = []
+        arms = [a for a in args if a is not type(None)]
+        for arg in arms:
             try:
                 return _convert(arg, value, path)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{path}: {value!r} fits none of {' | '.join(_type_name(a) for a in args)}")
+                errors.append(e)
+        if len(arms) == 1:  # X | None: X's own error says what is wrong (None is always allowed)
+            raise errors[0]
+        detail = "; ".join(f"as {_type_name(a)}: {e}" for a, e in zip(arms, errors))
+        raise ConfigError(f"{path}: {value!r} fits none of {' | '.join(_type_name(a) for a in args)} ({detail})")
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{path}: {value!r} is not allowed; allowed: {', '.join(map(repr, args))}")

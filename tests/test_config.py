@@ -64,3 +64,25 @@ def test_atomic_json(tmp_path):
     with pytest.raises(TypeError):
         save_json_atomic({"b": object()}, p)
     assert p.read_text().count('"b": 1') == 1 and list(p.parent.iterdir()) == [p]
+
+
+@dataclass(frozen=True)
+class _Inner:
+    size: int = 1
+
+
+@dataclass(frozen=True)
+class _Outer:
+    inner: _Inner | None = None
+    either: int | _Inner = 0
+
+
+def test_optional_field_reports_the_inner_error():
+    with pytest.raises(ConfigError) as e:
+        from_dict(_Outer, {"inner": {"size": "big"}})
+    assert "inner.size" in str(e.value) and "fits none" not in str(e.value)
+    assert from_dict(_Outer, {"inner": None}).inner is None
+    with pytest.raises(ConfigError) as e:  # two real alternatives: both reasons are given
+        from_dict(_Outer, {"either": {"size": "big"}})
+    msg = str(e.value)
+    assert "fits none of int | _Inner" in msg and "as int:" in msg and "as _Inner:" in msg and "either.size" in msg
