@@ -267,3 +267,16 @@ def test_decode_steps_are_refused_without_a_diffusion_decoder():
     assert res["decoders"] == {"rgb": {"kind": "conv"}}
     with pytest.raises(ValueError, match="decode_steps=3 applies to diffusion decoders"):
         evaluate_tokenizers({"rgb": conv}, seed=3, num_samples=1, progress=False, parser=False, decode_steps=3)
+
+
+def test_generation_decode_passes_its_seed_to_a_diffusion_decoder():
+    from fourm.generation.decode import decode_images
+    from fourm.modalities import shapes_world_modalities
+
+    tok = tiny_tokenizer().eval()
+    spec = shapes_world_modalities(image_size=tok.config.image_size, downsample=tok.config.downsample)["tok_rgb"]
+    tokens = torch.randint(0, tok.config.quantizer.codebook_size, (2, spec.grid[0] * spec.grid[1]),
+                           generator=gen(3))
+    a, b, c = (decode_images(tokens, spec, {"rgb": tok}, seed=s) for s in (0, 0, 1))
+    assert all((x == y).all() for x, y in zip(a, b))
+    assert any((x != z).any() for x, z in zip(a, c))

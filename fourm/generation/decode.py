@@ -60,21 +60,27 @@ def decode_sequence(ids: Sequence[int], spec: ModalitySpec, tokenizers: Mapping[
     return tok.decode(ids)
 
 
-def decode_images(tokens: torch.Tensor, spec: ModalitySpec, tokenizers: Mapping[str, Any] | None) -> list[np.ndarray]:
+def decode_images(tokens: torch.Tensor, spec: ModalitySpec, tokenizers: Mapping[str, Any] | None,
+                  seed: int = 0) -> list[np.ndarray]:
     """Image tokens (B, rows * cols) -> per sample: rgb (H, W, 3) uint8, depth (H, W) float32
-    metres, semseg (H, W) uint8 ids; without a tokenizer, the (rows, cols) token grid."""
+    metres, semseg (H, W) uint8 ids; without a tokenizer, the (rows, cols) token grid.
+    ``seed``: the noise of a tokenizer with a diffusion decoder (conv decoders ignore it)."""
     grid = tokens.reshape(tokens.shape[0], *spec.grid).cpu()
     tok = (tokenizers or {}).get(tokenizer_key(spec))
     if tok is None:
         return [g.numpy() for g in grid]
-    images = tok.decode(grid.to(tok.device)).cpu()
+    if getattr(tok, "is_diffusion", False):
+        g = torch.Generator(device=tok.device).manual_seed(seed)
+        images = tok.decode(grid.to(tok.device), generator=g).cpu()
+    else:
+        images = tok.decode(grid.to(tok.device)).cpu()
     if output_kind(spec) == "rgb":
         images = images.permute(0, 2, 3, 1)  # (B, H, W, 3)
     return [im.numpy() for im in images]
 
 
 def decode_state(state: State, specs: Mapping[str, ModalitySpec], tokenizers: Mapping[str, Any] | None,
-                 modalities: Sequence[str] | None = None) -> dict[str, list[Any]]:
+                 modalities: Sequence[str] | None = None, seed: int = 0) -> dict[str, list[Any]]:
     """Decode modalities of a generation state.
 
     Args:
@@ -82,6 +88,7 @@ def decode_state(state: State, specs: Mapping[str, ModalitySpec], tokenizers: Ma
         specs: the model's modalities.
         tokenizers: ``load_tokenizers`` output (image tokenizers and ``"text"``).
         modalities: which to decode (default: every one in the state).
+        seed: noise seed of image tokenizers with a diffusion decoder.
 
     Returns:
         modality -> one output per sample (see :func:`output_kind`). Image modalities are only
@@ -99,7 +106,7 @@ def decode_state(state: State, specs: Mapping[str, ModalitySpec], tokenizers: Ma
         elif spec.kind == "sequence":
             out[name] = [decode_sequence(ids, spec, tokenizers) for ids in sequence_ids(entry)]
         elif bool(entry["is_input"].all()):
-            out[name] = decode_images(entry["tokens"], spec, tokenizers)
+            out[name] = decode_images(entry["tokens"], spec, tokenizers, seed)
         else:
             tokens = entry["tokens"].masked_fill(~entry["is_input"], -1)
             out[name] = [g.numpy() for g in tokens.reshape(-1, *spec.grid).cpu()]

@@ -96,9 +96,11 @@ class GenerationResult:
         out = sequence_ids(self.state[modality])
         return [ids[: ids.index(EOS_ID)] if strip_eos and EOS_ID in ids else ids for ids in out]
 
-    def decode(self, tokenizers: Mapping[str, Any], modalities: Sequence[str] | None = None) -> dict[str, list[Any]]:
-        """Images, text and boxes of ``modalities`` (default: all); see :func:`fourm.generation.decode.decode_state`."""
-        return decode_state(self.state, self.specs, tokenizers, modalities)
+    def decode(self, tokenizers: Mapping[str, Any], modalities: Sequence[str] | None = None,
+               seed: int = 0) -> dict[str, list[Any]]:
+        """Images, text and boxes of ``modalities`` (default: all); see :func:`fourm.generation.decode.decode_state`
+        (``seed``: the noise of diffusion-decoder tokenizers)."""
+        return decode_state(self.state, self.specs, tokenizers, modalities, seed)
 
 
 def make_generator(seed: int | torch.Generator, device: torch.device) -> torch.Generator:
