@@ -141,6 +141,29 @@ def _line(label: str, times: list[float], tokens: int, extra: str = "") -> str:
             f"{tokens / med * 1000:9.0f} tokens/s{extra}")
 
 
+def step_gflop(model: FourM, batch: dict, n: int, m: int) -> float:
+    """Floating-point operations (GFLOP) of one forward + backward, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(batch, n, m).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Throughput of a square float32 matmul on the current threads: the machine's compute yardstick."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
 def run(setting: str, args) -> None:
     reg = ml4m_modalities("4m7")
     model = FourM(FourMConfig(modalities=reg, **SETTINGS[setting]))
@@ -217,6 +240,10 @@ def run(setting: str, args) -> None:
     if args.reference_style:
         for label, mine, ref in (("train step", step[0], step[1]), ("fwd+bwd", fb[0], fb[1]), ("eval forward", ev[0], ev[1])):
             print(_line(f"ref-style {label}", ref, tokens, f"  -> fourm {med(ref) / med(mine):.2f}x faster (same run)"))
+    gflop = step_gflop(model, batch, n, m)
+    print(f"work: {gflop:.1f} GFLOP per fwd+bwd (torch.utils.flop_counter) -> {gflop / med(fb[0]) * 1e3:.0f} GFLOP/s "
+          f"achieved; this machine's {torch.get_num_threads()}-thread 2048^3 float32 matmul now: {gemm_gflops():.0f} GFLOP/s "
+          f"(compare machines by this, not by ms)")
     parts = breakdown(model, batch, n, m, opt, max(3, args.repeats // 2))
     print(f"load average (1 min) before {load_before}, after {_load()}: other processes share the cores")
     total = sum(parts.values())
