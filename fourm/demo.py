@@ -23,16 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-import fourm
 from fourm.atomic import atomic_write_text
 from fourm.data import shapes_world as sw
 from fourm.data.commands import write_shapes
 from fourm.data.contact_sheet import render_contact_sheet
 from fourm.data.shards import ShardDataset, list_shards
+from fourm.evaluation.commands import DEFAULT_MODEL, DEFAULT_TOKENIZERS, resolve_path
 
-_ROOT = Path(fourm.__file__).resolve().parents[1]
-DEFAULT_MODEL = Path("models/shapes_bundled")
-DEFAULT_TOKENIZERS = Path("tokenizers/shapes64")
 DEMO_SEED = 1000  # held-out world: the bundled model trained on seed 0 and validated on seed 1
 
 
@@ -51,11 +48,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="ShapesWorld generator processes (default: 2)")
     p.add_argument("--world-only", action="store_true", help="only write the ShapesWorld split and its contact sheet")
     p.set_defaults(func=run)
-
-
-def _resolve(path: Path) -> Path:
-    """``path`` as given, or under the repository root when it is relative and missing here."""
-    return path if path.exists() or path.is_absolute() or not (_ROOT / path).exists() else _ROOT / path
 
 
 def world_part(out: Path, num_samples: int, seed: int, image_size: int, workers: int) -> dict:
@@ -104,7 +96,7 @@ def model_part(out: Path, model_dir: Path, tok_dir: Path, num_samples: int, grid
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
-    model_dir, tok_dir = _resolve(args.model), _resolve(args.tokenizers)
+    model_dir, tok_dir = resolve_path(args.model), resolve_path(args.tokenizers)
     if not args.world_only:
         for flag, path, what in (("--model", model_dir, "config.json"), ("--tokenizers", tok_dir, "rgb")):
             if not (path / what).exists():

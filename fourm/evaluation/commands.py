@@ -63,7 +63,7 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def _resolve(path: Path) -> Path:
+def resolve_path(path: Path) -> Path:
     """``path`` as given, or under the repository root when it is relative and missing here."""
     return path if path.exists() or path.is_absolute() or not (_ROOT / path).exists() else _ROOT / path
 
@@ -77,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.grid is not None and args.grid.suffix.lower() != ".png":
             raise ValueError(f"--grid {args.grid}: the grid is written as PNG; give a path ending in .png")
         decoding = DecodingSettings(image_steps=args.image_steps, rgb_cfg_scale=args.cfg_scale)
-        model_path, tok_path = _resolve(args.model), _resolve(args.tokenizers)
+        model_path, tok_path = resolve_path(args.model), resolve_path(args.tokenizers)
         if not model_path.exists():
             raise FileNotFoundError(f"--model {args.model}: no such folder; give a FourM.save_pretrained folder or a "
                                     f"training out_dir (the bundled model lives in {DEFAULT_MODEL})")

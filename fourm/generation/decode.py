@@ -14,7 +14,6 @@ is shown as its token grid in false colours. Only PIL and numpy draw.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from fourm.atomic import atomic_write
 from fourm.data.contact_sheet import SEMSEG_PALETTE, colorize_depth, colorize_semseg
 from fourm.data.shapes_world import SEMSEG_CLASSES
 from fourm.generation.inputs import State, sequence_ids, tokenizer_key
@@ -244,15 +244,4 @@ def render_grid(decoded: Mapping[str, Sequence[Any]], specs: Mapping[str, Modali
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write ``image`` as PNG atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
