@@ -170,6 +170,22 @@ class ModalityRegistry:
 REFERENCE_TEXT_VOCAB = 30000
 
 
+def pixels_to_float(pixels):
+    """uint8 pixels (0..255) -> float in [-1, 1], the input scale of ``"pixels"`` modalities.
+
+    Training (token shards store uint8) and generation share this; float input is returned as is
+    (taken to be normalised already).
+    """
+    import torch
+
+    x = torch.as_tensor(pixels)
+    if x.dtype == torch.uint8:
+        return x.float() / 127.5 - 1.0
+    if not x.is_floating_point():
+        raise ValueError(f"pixels must be uint8 (0..255) or float in [-1, 1], got {x.dtype}")
+    return x
+
+
 def shapes_world_modalities(
     image_size: int = 64,
     downsample: int = 8,

@@ -24,10 +24,10 @@ from fourm.vq.vqvae import load_tokenizers
 TOKENIZERS = REPO / "tokenizers" / "shapes64"
 
 
-def tiny_model(seed: int = 0) -> FourM:
-    """A random FourM whose modalities fit the committed 64 px tokenizers."""
+def tiny_model(seed: int = 0, pixels: bool = False) -> FourM:
+    """A random FourM whose modalities fit the committed 64 px tokenizers (``pixels``: with rgb pixel input)."""
     reg = shapes_world_modalities(image_size=64, downsample=8, text_vocab=4312, caption_length=64, det_length=24)
-    reg = reg.subset(["tok_rgb", "tok_depth", "tok_semseg", "caption", "det"])
+    reg = reg.subset(["rgb"] * pixels + ["tok_rgb", "tok_depth", "tok_semseg", "caption", "det"])
     return FourM(FourMConfig(modalities=reg, dim=32, encoder_depth=1, decoder_depth=1, num_heads=2), seed=seed).eval()
 
 
@@ -199,6 +199,31 @@ def test_tasks_do_not_depend_on_which_others_run(result, model, tokenizers):
     assert alone.tasks == ("rgb2det", "caption2rgb")
     for task in alone.tasks:
         assert alone.scores[task] == result.scores[task]
+
+
+
+def test_rgb_conditions_enter_through_pixel_input_when_the_model_has_it(tokenizers, monkeypatch):
+    from fourm.generation.sampler import Sampler
+
+    seen = []
+    generate = Sampler.generate
+
+    def spy(self, inputs, *a, **k):
+        seen.append({n: (v.dtype, tuple(v.shape)) for n, v in inputs.items() if isinstance(v, torch.Tensor)})
+        return generate(self, inputs, *a, **k)
+
+    monkeypatch.setattr(Sampler, "generate", spy)
+    px = tiny_model(pixels=True)
+    auto = run_benchmark(px, tokenizers, seed=7, num_samples=2, tasks="rgb2depth", grid_scenes=0, progress=False)
+    assert seen[-1] == {"rgb": (torch.uint8, (2, 3, 64, 64))} and "rgb conditions: rgb (pixels)" in auto.decoding_text
+    toks = run_benchmark(px, tokenizers, seed=7, num_samples=2, tasks="rgb2depth", grid_scenes=0, progress=False,
+                         rgb_input="tokens")
+    assert seen[-1] == {"tok_rgb": (torch.int64, (2, 64))} and "(tokens)" in toks.decoding_text
+    assert auto.scores["rgb2depth"]["model"] != toks.scores["rgb2depth"]["model"]  # a different input, another depth
+    with pytest.raises(ValueError, match="rgb_input='pixels' but this model has no rgb pixel input modality"):
+        run_benchmark(tiny_model(), tokenizers, num_samples=1, tasks="rgb2depth", rgb_input="pixels")
+    with pytest.raises(ValueError, match="rgb_input='both'; allowed: auto, pixels, tokens"):
+        run_benchmark(px, tokenizers, num_samples=1, tasks="rgb2depth", rgb_input="both")
 
 
 def test_parse_tasks():

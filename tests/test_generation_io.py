@@ -174,3 +174,32 @@ def test_generate_command_errors(model, tmp_path, capsys, argv, match):
     model.save_pretrained(tmp_path / "m")
     assert _run_cli(["--model", str(tmp_path / "m"), "--out", str(tmp_path / "o"), *argv]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_rgb_pixel_input_takes_images_as_stored():
+    """A model with the rgb pixel modality: uint8 rgb (channels last or first, PIL) is normalised as in training."""
+    from fourm.generation.inputs import build_state
+    from fourm.modalities import pixels_to_float, shapes_world_modalities
+
+    specs = {s.name: s for s in shapes_world_modalities(image_size=64, downsample=8).subset(["rgb", "tok_rgb"])}
+    hwc = render_scene(0, 3)["rgb"]  # (64, 64, 3) uint8
+    want = torch.from_numpy(hwc).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    for value in (hwc, torch.from_numpy(hwc).permute(2, 0, 1), Image.fromarray(hwc), want):
+        state = build_state(specs, {"rgb": value}, None, "cpu")
+        assert set(state) == {"rgb"}
+        assert torch.equal(state["rgb"]["tokens"], want) and state["rgb"]["is_input"].all()
+    assert torch.equal(pixels_to_float(torch.tensor([0, 255], dtype=torch.uint8)), torch.tensor([-1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"'rgb' takes pixels \(B, 3, 64, 64\)"):
+        build_state(specs, {"rgb": hwc[:32]}, None, "cpu")
+
+
+def test_rgb_means_pixels_as_input_and_tokens_as_target():
+    """With both the rgb pixel input and tok_rgb: "rgb" conditions through the pixels, Target("rgb") makes tok_rgb."""
+    reg = shapes_world_modalities(image_size=64, downsample=8, text_vocab=4312, caption_length=64, det_length=24)
+    model = FourM(FourMConfig(modalities=reg.subset(["rgb", "tok_rgb", "caption"]), dim=32, encoder_depth=1,
+                              decoder_depth=1, num_heads=2), seed=0).eval()
+    s = Sampler(model, load_tokenizers(REPO / "tokenizers" / "shapes64"), progress=False)
+    assert s.resolve("rgb").modality == "tok_rgb"
+    out = s.generate({"rgb": render_scene(0, 3)["rgb"]}, [Target("rgb", steps=2)], seed=0)
+    assert out.generated == ("tok_rgb",) and set(out.state) == {"rgb", "tok_rgb"}
+    assert out.state["rgb"]["tokens"].dtype == torch.float32  # the pixels, normalised

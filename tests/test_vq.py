@@ -350,6 +350,25 @@ def test_tokenize_shards_cli_and_resume(tmp_path):
     assert first[0].stat().st_mtime_ns == mtimes[first[0]] and first[1].exists()
 
 
+
+def test_tokenize_keeps_raw_rgb_for_pixel_input(tmp_path):
+    from fourm.data.shards import ShardDataset
+    from fourm.vq.pretokenize import tokenize_shards
+
+    raw, out = tmp_path / "raw", tmp_path / "tok"
+    _write_raw_shards(raw, num_shards=1, per_shard=3)
+    toks = {"depth": tiny_tokenizer("depth")}
+    tokenize_shards(raw, out, toks, batch_size=2, keep=["rgb"], progress=False)
+    kept = {s["__key__"]: s for s in ShardDataset(out)}
+    for s in ShardDataset(raw):
+        t = kept[s["__key__"]]
+        assert t["rgb"].dtype == torch.uint8 and torch.equal(t["rgb"], s["rgb"])  # (3, H, W), bit for bit
+        assert "tok_depth" in t and "tok_rgb" not in t
+    assert json.loads((out / "metadata.json").read_text())["fields"]["rgb"] == "raw"
+    with pytest.raises(ValueError, match=r"keep=\['rgbb'\]: 'rgbb' is not a raw field; allowed: rgb, depth"):
+        tokenize_shards(raw, tmp_path / "x", toks, keep=["rgbb"], progress=False)
+
+
 @pytest.mark.slow
 def test_two_process_training_resumes_exactly(tmp_path):
     """Two CPU processes (gloo, codebook statistics all-reduced): resumed equals uninterrupted."""

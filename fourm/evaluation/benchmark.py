@@ -60,6 +60,7 @@ from fourm.vq.normalize import from_world
 
 DEFAULT_SEED = 1000
 IMAGE_KEYS: tuple[str, ...] = ("rgb", "depth", "semseg")
+RGB_INPUTS: tuple[str, ...] = ("auto", "pixels", "tokens")
 # task -> (conditions, generated in order); names are raw: rgb / depth / semseg / caption / det
 TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "rgb2semseg": (("rgb",), ("semseg",)),
@@ -144,8 +145,26 @@ def _modality_names(model: FourM) -> dict[str, str]:
     return names
 
 
-def _check_setup(model: FourM, tokenizers: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, str]:
+def _rgb_pixels(model: FourM, rgb_input: str) -> str | None:
+    """The pixel modality that takes rgb conditions (``rgb_input`` auto / pixels), or None for tokens."""
+    if rgb_input not in RGB_INPUTS:
+        raise ValueError(f"rgb_input={rgb_input!r}; allowed: {', '.join(RGB_INPUTS)}")
+    pixels = [s.name for s in model.specs.values() if s.kind == "pixels" and s.in_channels == 3
+              and s.name in model.encoder_embeddings]
+    if rgb_input == "pixels" and not pixels:
+        raise ValueError("rgb_input='pixels' but this model has no rgb pixel input modality "
+                         f"(it has: {', '.join(model.specs)}); use 'tokens' or 'auto'")
+    return pixels[0] if pixels and rgb_input != "tokens" else None
+
+
+def _check_setup(model: FourM, tokenizers: Mapping[str, Any], tasks: Sequence[str],
+                 rgb_input: str = "auto") -> tuple[dict[str, str], dict[str, str]]:
+    """(generation names, condition names): raw key -> the model's modality."""
     names = _modality_names(model)
+    cond_names = dict(names)
+    pixels = _rgb_pixels(model, rgb_input)
+    if pixels is not None:
+        cond_names["rgb"] = pixels
     for task in tasks:
         conds, gens = TASKS[task]
         for key in conds + gens:
@@ -156,12 +175,12 @@ def _check_setup(model: FourM, tokenizers: Mapping[str, Any], tasks: Sequence[st
             if need not in tokenizers:
                 raise ValueError(f"task {task!r} needs the {need!r} tokenizer; have: {', '.join(tokenizers) or 'none'}")
         for key in conds:
-            if names[key] not in model.encoder_embeddings:
-                raise ValueError(f"task {task!r}: {names[key]!r} is not an input of this model")
+            if cond_names[key] not in model.encoder_embeddings:
+                raise ValueError(f"task {task!r}: {cond_names[key]!r} is not an input of this model")
         for key in gens:
             if names[key] not in model.decoder_embeddings:
                 raise ValueError(f"task {task!r}: {names[key]!r} is not a target of this model")
-    return names
+    return names, cond_names
 
 
 def task_seed(seed: int, task: str, first_scene: int) -> int:
@@ -221,8 +240,15 @@ class _Batch:
             self._parsed_recon = [parse_scene(np.ascontiguousarray(im)) for im in self.recon["rgb"]]
         return self._parsed_recon
 
-    def condition(self, key: str, name: str, spec_grid: tuple[int, int]) -> Any:
-        """The input value of raw modality ``key`` for the sampler, as the model's ``name``."""
+    def condition(self, key: str, name: str, spec: Any) -> Any:
+        """The input value of raw modality ``key`` for the sampler, as the model's ``name`` (``spec``)."""
+        spec_grid = spec.grid
+        if spec.kind == "pixels":  # rgb as stored (uint8): the sampler normalises it as training did
+            px = torch.stack([from_world(s, key) for s in self.scenes])
+            if tuple(px.shape[2:]) != tuple(spec.image_size):
+                raise ValueError(f"{key} images of these scenes are {tuple(px.shape[2:])} but the model's {name!r} "
+                                 f"takes {tuple(spec.image_size)}; set image_size to the model's training size")
+            return px
         if key in IMAGE_KEYS:
             t = self.tokens[key]
             if tuple(t.shape[1:]) != tuple(spec_grid):
@@ -237,7 +263,7 @@ class _Batch:
 def run_benchmark(model: FourM, tokenizers: Mapping[str, Any], *, seed: int = DEFAULT_SEED, num_samples: int = 32,
                   image_size: int = 64, tasks: str | Sequence[str] | None = None,
                   decoding: DecodingSettings | None = None, batch_size: int = 32, grid_scenes: int = 4,
-                  progress: bool = True) -> BenchmarkResult:
+                  progress: bool = True, rgb_input: str = "auto") -> BenchmarkResult:
     """Score ``model`` on every task (and the tokenizer bound) over held-out ShapesWorld scenes.
 
     Args:
@@ -251,6 +277,8 @@ def run_benchmark(model: FourM, tokenizers: Mapping[str, Any], *, seed: int = DE
         batch_size: scenes generated together.
         grid_scenes: scenes shown in the result's PNG grid.
         progress: show a progress bar.
+        rgb_input: how rgb conditions enter the model: ``"pixels"`` (its rgb pixel input
+            modality), ``"tokens"`` (``tok_rgb``) or ``"auto"`` (pixels when the model has them).
 
     Returns:
         A :class:`~fourm.evaluation.report.BenchmarkResult`.
@@ -263,7 +291,7 @@ def run_benchmark(model: FourM, tokenizers: Mapping[str, Any], *, seed: int = DE
         raise ValueError(f"seed={seed!r}; must be an integer")
     tasks = parse_tasks(tasks)
     decoding = decoding or DecodingSettings()
-    names = _check_setup(model, tokenizers, tasks)
+    names, cond_names = _check_setup(model, tokenizers, tasks, rgb_input)
     cfg = WorldConfig(image_size=image_size)
     text = tokenizers.get("text")
     sampler = Sampler(model, tokenizers, progress=False)
@@ -283,7 +311,7 @@ def run_benchmark(model: FourM, tokenizers: Mapping[str, Any], *, seed: int = DE
         rows = [GridRow(s) for s in scenes[: max(0, grid_scenes - lo)]]
         for task in tasks:
             bar.set_postfix_str(task)
-            out = _run_task(task, sampler, batch, names, decoding, task_seed(seed, task, lo), text)
+            out = _run_task(task, sampler, batch, names, cond_names, decoding, task_seed(seed, task, lo), text)
             preds[task]["model"] += out["score"]
             preds[task]["bound"] += _bound(task, batch, text)
             for r, row in enumerate(rows):
@@ -296,19 +324,20 @@ def run_benchmark(model: FourM, tokenizers: Mapping[str, Any], *, seed: int = DE
     parser = scene_f1(gt_parsed, [s["objects"] for s in truth])
     return BenchmarkResult(
         tasks=tasks, scores=scores, seed=seed, num_samples=num_samples, image_size=image_size,
-        batch_size=batch_size, decoding=asdict(decoding), decoding_text=decoding.describe(),
+        batch_size=batch_size, decoding=asdict(decoding), decoding_text=decoding.describe() + f"; rgb conditions: {cond_names.get('rgb', 'tok_rgb')}"
+        + (" (pixels)" if cond_names.get("rgb") != names.get("rgb") else " (tokens)"),
         wall_s=time.perf_counter() - start, parser={k: parser[k] for k in ("f1", "precision", "recall", "size_accuracy")},
         grid=grid, task_io={t: TASKS[t] for t in tasks},
     )
 
 
-def _run_task(task: str, sampler: Sampler, batch: _Batch, names: Mapping[str, str], decoding: DecodingSettings,
-              seed: int, text: Any) -> dict[str, Any]:
+def _run_task(task: str, sampler: Sampler, batch: _Batch, names: Mapping[str, str], cond_names: Mapping[str, str],
+              decoding: DecodingSettings, seed: int, text: Any) -> dict[str, Any]:
     """Generate one task for a batch. Returns ``score``: per scene what :func:`_score` reads, and
     ``show``: raw key -> per scene the decoded generation (for the grid)."""
     conds, gens = TASKS[task]
     specs = sampler.specs
-    inputs = {names[k]: batch.condition(k, names[k], specs[names[k]].grid) for k in conds}
+    inputs = {cond_names[k]: batch.condition(k, cond_names[k], specs[cond_names[k]]) for k in conds}
     targets = [decoding.target(k, names[k]) for k in gens]
     result: GenerationResult = sampler.generate(inputs, targets, seed=seed, keep_logits=task == "rgb2det")
     decoded = result.decode(sampler.tokenizers, [names[k] for k in gens])

@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"MaskGIT steps of image targets (default {DecodingSettings.image_steps})")
     p.add_argument("--cfg-scale", type=float, default=DecodingSettings.rgb_cfg_scale,
                    help=f"classifier-free guidance of generated rgb (default {DecodingSettings.rgb_cfg_scale:g}; 1 = off)")
+    p.add_argument("--rgb-input", choices=("auto", "pixels", "tokens"), default="auto",
+                   help="rgb conditions as the model's rgb pixel input or as tok_rgb tokens (default auto: pixels "
+                        "when the model has them)")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--grid", type=Path, default=None, help="write a PNG grid of the first scenes here")
     p.add_argument("--grid-scenes", type=int, default=4, help="scenes in the grid (default 4)")
@@ -88,7 +91,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tokenizers = load_tokenizers(tok_path, map_location=device)
         result = run_benchmark(model, tokenizers, seed=args.seed, num_samples=args.num_samples,
                                image_size=args.image_size, tasks=tasks, decoding=decoding, batch_size=args.batch_size,
-                               grid_scenes=args.grid_scenes if args.grid else 0, progress=not args.no_progress)
+                               grid_scenes=args.grid_scenes if args.grid else 0, progress=not args.no_progress,
+                               rgb_input=args.rgb_input)
     except (ValueError, KeyError, FileNotFoundError) as e:
         return _fail(str(e).strip("'\""))
     result.info.update({"model": str(model_path), "tokenizers": str(tok_path), "device": str(device)})

@@ -16,7 +16,8 @@ User inputs, per key (:func:`build_state`):
 * a model modality name: image tokens (ints; (L,), (rows, cols), (B, L) or (B, rows, cols));
   sequences as text (``str`` or list of ``str``, encoded with the text tokenizer), boxes (a list
   of ``{"box": [x0, y0, x1, y1], "class": name}``, or one such list per sample), or ids (list,
-  list of lists, (L,) or (B, L) tensor; [PAD] = 0 is dropped); pixels as float (B, C, H, W);
+  list of lists, (L,) or (B, L) tensor; [PAD] = 0 is dropped); pixels as uint8 (B, C, H, W) as
+  stored, or float in [-1, 1];
   or a ready entry ``{"tokens", "is_input"}``;
 * the raw name of an image modality's tokenizer (``"rgb"`` for ``tok_rgb``, ``"depth"``,
   ``"semseg"``): images as stored (rgb uint8 (B, 3, H, W) or (H, W, 3), a PIL image, depth float
@@ -34,7 +35,7 @@ import torch
 from torch import Tensor
 
 from fourm.masking.spans import EOS_ID, NUM_SENTINELS, PAD_ID, SENTINEL_OFFSET, is_sentinel
-from fourm.modalities import ModalitySpec
+from fourm.modalities import ModalitySpec, pixels_to_float
 from fourm.vq.boxes import boxes_to_ids
 
 State = dict[str, dict[str, Tensor]]
@@ -51,9 +52,12 @@ def tokenizer_key(spec: ModalitySpec) -> str:
 
 
 def raw_aliases(specs: Mapping[str, ModalitySpec]) -> dict[str, str]:
-    """Raw input names of image-token modalities (``"rgb"`` -> ``"tok_rgb"``), except names that
-    are themselves modalities of the model."""
-    return {tokenizer_key(s): s.name for s in specs.values() if s.kind == "image" and tokenizer_key(s) not in specs}
+    """Raw names of image-token modalities (``"rgb"`` -> ``"tok_rgb"``), except names that are
+    themselves token modalities of the model. A raw name that is also a pixel modality (a model
+    with rgb pixel input) keeps its alias, but as an input it means the pixels (the model's own
+    modality comes first); as a target, which pixels cannot be, it means the tokens."""
+    return {tokenizer_key(s): s.name for s in specs.values() if s.kind == "image"
+            and (tokenizer_key(s) not in specs or specs[tokenizer_key(s)].kind == "pixels")}
 
 
 def _get_tokenizer(tokenizers: Mapping[str, Any] | None, key: str, what: str) -> Any:
@@ -264,11 +268,17 @@ def build_state(specs: Mapping[str, ModalitySpec], inputs: Mapping[str, Any] | N
             tokens = image_tokens(value, spec) if key == name else tokenize_images(value, spec, tokenizers)
             entry = {"tokens": tokens.to(device), "is_input": torch.ones_like(tokens, dtype=torch.bool, device=device)}
         else:  # pixels
-            px = torch.as_tensor(value)
+            if isinstance(value, Tensor) and value.is_floating_point():
+                px = value  # normalised already
+            elif spec.in_channels == 3:  # rgb as stored (uint8, channels first or last, PIL): normalised as in training
+                px = pixels_to_float(_raw_images(value, "rgb"))
+            else:
+                px = pixels_to_float(value)
             px = px[None] if px.dim() == 3 else px
             if not px.is_floating_point() or px.dim() != 4 or tuple(px.shape[1:]) != (spec.in_channels, *spec.image_size):
-                raise ValueError(f"{name!r} takes float pixels (B, {spec.in_channels}, {spec.image_size[0]}, "
-                                 f"{spec.image_size[1]}) normalised as in training, got {px.dtype} {tuple(px.shape)}")
+                raise ValueError(f"{name!r} takes pixels (B, {spec.in_channels}, {spec.image_size[0]}, "
+                                 f"{spec.image_size[1]}): uint8 as stored, or float normalised to [-1, 1]; "
+                                 f"got {px.dtype} {tuple(px.shape)}")
             entry = {"tokens": px.to(device),
                      "is_input": torch.ones(px.shape[0], spec.num_tokens, dtype=torch.bool, device=device)}
         state[name] = entry

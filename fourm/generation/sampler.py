@@ -171,8 +171,8 @@ class Sampler:
         def canonical(name: str) -> str:
             return name if name in self.specs else aliases.get(name, name)
 
-        if target.modality not in self.model.decoder_embeddings and canonical(target.modality) != target.modality:
-            target = target.replace(modality=canonical(target.modality))
+        if target.modality not in self.model.decoder_embeddings and target.modality in aliases:
+            target = target.replace(modality=aliases[target.modality])
         if target.modality not in self.model.decoder_embeddings:
             raise ValueError(f"cannot generate {target.modality!r}; this model's targets: "
                              f"{', '.join(self.model.decoder_embeddings)}")

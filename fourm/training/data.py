@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from fourm.config import ConfigError
 from fourm.data.shard_reader import ShardDataset
 from fourm.masking import Batch, UnifiedMasking, collate_masked, generator_for
-from fourm.modalities import ModalityRegistry, ModalitySpec
+from fourm.modalities import ModalityRegistry, ModalitySpec, pixels_to_float
 
 logger = logging.getLogger(__name__)
 MIXTURE_TAG = 0x6D6978  # separates the mixture's draws from other uses of the seed
@@ -80,7 +80,7 @@ class SampleMasker:
         for name, spec in self.masking.specs.items():
             value = sample[self.fields[name]]
             if spec.kind == "pixels":
-                value = torch.as_tensor(value).float() / 127.5 - 1.0  # (C, H, W)
+                value = pixels_to_float(value).float()  # (C, H, W) uint8 -> [-1, 1]
             out[name] = value
         return out
 

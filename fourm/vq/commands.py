@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tz.add_argument("--tokenizers", required=True, help="folder with rgb/, depth/, semseg/ and optionally text/")
     tz.add_argument("--modalities", default=None,
                     help="comma-separated subset of the tokenizers to use, e.g. rgb,depth,text (default: all found)")
+    tz.add_argument("--keep", default="",
+                    help="comma-separated raw fields copied into the token shards, e.g. rgb for a model with rgb "
+                         "pixel input (default: none)")
     tz.add_argument("--batch-size", type=int, default=64)
     tz.add_argument("--device", default="cpu")
     tz.add_argument("--no-progress", action="store_true")
@@ -128,6 +131,7 @@ def _tokenize(args: argparse.Namespace) -> int:
             raise SystemExit(f"--modalities names {missing}, not found in {args.tokenizers}; found: {', '.join(toks)}")
         toks = {m: toks[m] for m in wanted}
     out = tokenize_shards(args.input, args.output, toks, batch_size=args.batch_size,
-                          tokenizer_dir=Path(args.tokenizers), progress=not args.no_progress)
+                          tokenizer_dir=Path(args.tokenizers), progress=not args.no_progress,
+                          keep=[f.strip() for f in args.keep.split(",") if f.strip()])
     print(json.dumps({"written": len(out["written"]), "skipped": len(out["skipped"]), "samples": out["samples"]}))
     return 0

@@ -12,7 +12,8 @@ layout):
 | ``tok_caption.npy`` | int32 (n,) caption token ids, no [EOS] (text tokenizer) |
 | ``tok_det.npy``   | int32 (n,) box token ids, no [EOS] (text tokenizer)        |
 
-for the tokenizers found in the tokenizer folder. Images are encoded in batches. A shard whose
+for the tokenizers found in the tokenizer folder, plus, with ``keep``, raw fields copied as they are
+(``keep=("rgb",)`` stores ``rgb.png``: the pixels of the input-only ``rgb`` modality). Images are encoded in batches. A shard whose
 output already exists is skipped (outputs are written under a temporary name and renamed, so an
 existing one is complete), which makes an interrupted run resumable. ``OUT/metadata.json`` records
 the source, the source's metadata and each tokenizer's vocabulary and grid.
@@ -33,6 +34,20 @@ from fourm.vq.normalize import IMAGE_MODALITIES
 from fourm.vq.vqvae import CONFIG_NAME, ImageTokenizer
 
 SEQUENCE_FIELDS: tuple[str, ...] = ("caption", "det")
+KEEPABLE: tuple[str, ...] = ("rgb", "depth", "semseg", "caption", "det")
+
+
+def _kept(sample: Mapping, keep: tuple[str, ...]) -> dict:
+    """The raw fields ``keep`` of a decoded sample, in the layout :func:`encode_sample` writes back."""
+    out = {}
+    for f in keep:
+        v = sample[f]
+        if f == "rgb":  # decoded (3, H, W) -> stored (H, W, 3)
+            v = np.ascontiguousarray(np.asarray(v).transpose(1, 2, 0))
+        elif f in ("depth", "semseg"):
+            v = np.asarray(v)
+        out[f] = v
+    return out
 
 
 def token_field(modality: str) -> str:
@@ -105,6 +120,7 @@ def tokenize_shards(
     batch_size: int = 64,
     tokenizer_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    keep: tuple[str, ...] | list[str] = (),
 ) -> dict:
     """Write one token shard per input shard (skipping those already written).
 
@@ -116,6 +132,7 @@ def tokenize_shards(
         batch_size: images per encoder call.
         tokenizer_dir: where the tokenizers were loaded from (recorded in the metadata).
         progress: show a progress bar over shards.
+        keep: raw fields copied unchanged into the token shards (``rgb`` for a model with rgb pixel input).
     Returns:
         {"written": [paths], "skipped": [paths already present], "samples": samples written}.
     """
@@ -125,6 +142,10 @@ def tokenize_shards(
         raise ValueError("no tokenizers given")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    keep = tuple(keep)
+    bad = [f for f in keep if f not in KEEPABLE]
+    if bad:
+        raise ValueError(f"keep={list(keep)}: {bad[0]!r} is not a raw field; allowed: {', '.join(KEEPABLE)}")
     paths = list_shards(input_shards)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +153,9 @@ def tokenize_shards(
         if Path(p).resolve().parent == out_dir.resolve():
             raise ValueError(f"output folder {out_dir} holds the input shard {p}; choose another output folder")
     fields = [m for m in IMAGE_MODALITIES if m in tokenizers]
-    optional = list(SEQUENCE_FIELDS) if "text" in tokenizers else []
+    read = list(dict.fromkeys(fields + [f for f in keep if f not in SEQUENCE_FIELDS]))
+    optional = list(dict.fromkeys((list(SEQUENCE_FIELDS) if "text" in tokenizers else [])
+                                  + [f for f in keep if f in SEQUENCE_FIELDS]))
     src_meta = None
     src_dir = Path(paths[0]).parent
     if (src_dir / "metadata.json").is_file():
@@ -144,7 +167,8 @@ def tokenize_shards(
         "tokenizer_dir": None if tokenizer_dir is None else str(tokenizer_dir),
         "tokenizers": _tokenizer_info(tokenizers, None if tokenizer_dir is None else Path(tokenizer_dir)),
         "fields": {token_field(m): tokenizers[m].codebook_size for m in fields}
-        | ({token_field(f): "text" for f in SEQUENCE_FIELDS} if optional else {}),
+        | ({token_field(f): "text" for f in SEQUENCE_FIELDS} if "text" in tokenizers else {})
+        | {f: "raw" for f in keep},
     })
     written, skipped, n_samples = [], [], 0
     bar = tqdm(paths, desc="tokenize", unit="shard", disable=not progress)
@@ -153,12 +177,12 @@ def tokenize_shards(
         if target.exists():
             skipped.append(str(target))
             continue
-        ds = ShardDataset(path, fields=fields, optional=optional)
+        ds = ShardDataset(path, fields=read, optional=optional)
 
         def items() -> Iterator[tuple[str, dict[str, bytes]]]:
             for chunk in _chunks(iter(ds), batch_size):
                 for sample, toks in zip(chunk, tokenize_samples(chunk, tokenizers)):
-                    yield sample["__key__"], encode_sample(toks)
+                    yield sample["__key__"], encode_sample(toks | _kept(sample, keep))
 
         n_samples += write_shard(target, items())
         written.append(str(target))
