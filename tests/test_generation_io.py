@@ -203,3 +203,20 @@ def test_rgb_means_pixels_as_input_and_tokens_as_target():
     out = s.generate({"rgb": render_scene(0, 3)["rgb"]}, [Target("rgb", steps=2)], seed=0)
     assert out.generated == ("tok_rgb",) and set(out.state) == {"rgb", "tok_rgb"}
     assert out.state["rgb"]["tokens"].dtype == torch.float32  # the pixels, normalised
+
+
+def test_token_modality_name_takes_images_as_stored(toks):
+    """Images under tok_rgb / tok_depth themselves are encoded (how a pixel-rgb model gets rgb tokens to in-paint)."""
+    from fourm.generation.inputs import build_state
+
+    reg = shapes_world_modalities(image_size=64, downsample=8)
+    specs = {s.name: s for s in reg.subset(["rgb", "tok_rgb", "tok_depth"])}
+    scene = render_scene(0, 3)
+    chw = torch.from_numpy(scene["rgb"]).permute(2, 0, 1)[None]
+    want = toks["rgb"].encode(chw).reshape(1, 64)
+    for value in (scene["rgb"], chw, Image.fromarray(scene["rgb"])):
+        assert torch.equal(build_state(specs, {"tok_rgb": value}, toks, "cpu")["tok_rgb"]["tokens"], want)
+    depth = build_state(specs, {"tok_depth": scene["depth"]}, toks, "cpu")["tok_depth"]["tokens"]
+    assert torch.equal(depth, toks["depth"].encode(torch.from_numpy(scene["depth"])[None]).reshape(1, 64))
+    ids = build_state(specs, {"tok_rgb": want.int()}, toks, "cpu")["tok_rgb"]["tokens"]  # int ids stay ids
+    assert torch.equal(ids, want)

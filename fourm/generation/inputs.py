@@ -13,7 +13,9 @@ The state maps each known modality to a batch entry the model reads as input::
 
 User inputs, per key (:func:`build_state`):
 
-* a model modality name: image tokens (ints; (L,), (rows, cols), (B, L) or (B, rows, cols));
+* a model modality name: image tokens (int16 / int32 / int64; (L,), (rows, cols), (B, L) or
+  (B, rows, cols)), or images as stored (as under the raw name below: PIL, uint8, float metres),
+  encoded with the modality's tokenizer;
   sequences as text (``str`` or list of ``str``, encoded with the text tokenizer), boxes (a list
   of ``{"box": [x0, y0, x1, y1], "class": name}``, or one such list per sample), or ids (list,
   list of lists, (L,) or (B, L) tensor; [PAD] = 0 is dropped); pixels as uint8 (B, C, H, W) as
@@ -21,7 +23,9 @@ User inputs, per key (:func:`build_state`):
   or a ready entry ``{"tokens", "is_input"}``;
 * the raw name of an image modality's tokenizer (``"rgb"`` for ``tok_rgb``, ``"depth"``,
   ``"semseg"``): images as stored (rgb uint8 (B, 3, H, W) or (H, W, 3), a PIL image, depth float
-  metres (B, H, W), semseg class ids), encoded with that tokenizer.
+  metres (B, H, W), semseg class ids), encoded with that tokenizer. On a model that has an ``rgb``
+  pixel modality, ``"rgb"`` is that modality (pixels in); ``"tok_rgb"`` then takes the images to
+  encode as tokens (needed to in-paint or edit rgb tokens).
 
 Sequences get [EOS] appended (as training did) unless they hold one or end with a sentinel (a
 sentinel at the end stands for "the rest of the sequence, its end included").
@@ -197,6 +201,20 @@ def _raw_images(value: Any, key: str) -> Tensor:
     return t[None] if t.dim() == 2 else t
 
 
+def _is_raw_image(value: Any) -> bool:
+    """Whether a value given under an image-token modality's own name is an image as stored (a PIL
+    image, uint8 pixels or class ids, float metres) rather than token ids (int16 / int32 / int64)."""
+    if hasattr(value, "convert") and hasattr(value, "size"):
+        return True
+    if isinstance(value, (list, tuple)):
+        return bool(value) and _is_raw_image(value[0])
+    if isinstance(value, Tensor):
+        return value.dtype == torch.uint8 or value.is_floating_point()
+    if isinstance(value, np.ndarray):
+        return value.dtype == np.uint8 or value.dtype.kind == "f"
+    return False
+
+
 def tokenize_images(value: Any, spec: ModalitySpec, tokenizers: Mapping[str, Any] | None) -> Tensor:
     """Encode raw images of ``spec``'s tokenizer into (B, L) tokens."""
     key = tokenizer_key(spec)
@@ -265,7 +283,8 @@ def build_state(specs: Mapping[str, ModalitySpec], inputs: Mapping[str, Any] | N
         elif spec.kind == "sequence":
             entry = sequence_entry(encode_sequences(value, spec, tokenizers), spec, device)
         elif spec.kind == "image":
-            tokens = image_tokens(value, spec) if key == name else tokenize_images(value, spec, tokenizers)
+            raw = key != name or _is_raw_image(value)
+            tokens = tokenize_images(value, spec, tokenizers) if raw else image_tokens(value, spec)
             entry = {"tokens": tokens.to(device), "is_input": torch.ones_like(tokens, dtype=torch.bool, device=device)}
         else:  # pixels
             if isinstance(value, Tensor) and value.is_floating_point():
