@@ -7,7 +7,8 @@
 ``num_samples`` scenes ``render_scene(seed, i)`` (a seed training never used: the bundled run
 trains on seed 0 and validates on seed 1) are generated in batches of ``batch_size``. Every task
 conditions on the ground truth as the model sees it (image modalities as tokens of their
-tokenizer, captions and boxes as text tokens) and is scored against the ground truth:
+tokenizer, rgb as pixels when the model has an rgb pixel input (``rgb_input``), captions and boxes
+as text tokens) and is scored against the ground truth:
 
 | task               | generated          | score                                                       |
 |--------------------|--------------------|-------------------------------------------------------------|
@@ -322,10 +323,11 @@ def run_benchmark(model: FourM, tokenizers: Mapping[str, Any], *, seed: int = DE
     scores = {t: {"model": _score(t, preds[t]["model"], truth),
                   "tokenizer_bound": _score(t, preds[t]["bound"], truth)} for t in tasks}
     parser = scene_f1(gt_parsed, [s["objects"] for s in truth])
+    via = "pixels" if cond_names.get("rgb") != names.get("rgb") else "tokens"
+    rgb_via = f"rgb conditions: {cond_names.get('rgb', 'tok_rgb')} ({via})"
     return BenchmarkResult(
         tasks=tasks, scores=scores, seed=seed, num_samples=num_samples, image_size=image_size,
-        batch_size=batch_size, decoding=asdict(decoding), decoding_text=decoding.describe() + f"; rgb conditions: {cond_names.get('rgb', 'tok_rgb')}"
-        + (" (pixels)" if cond_names.get("rgb") != names.get("rgb") else " (tokens)"),
+        batch_size=batch_size, decoding=asdict(decoding), decoding_text=f"{decoding.describe()}; {rgb_via}",
         wall_s=time.perf_counter() - start, parser={k: parser[k] for k in ("f1", "precision", "recall", "size_accuracy")},
         grid=grid, task_io={t: TASKS[t] for t in tasks},
     )
