@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from fourm.config import ConfigError
-from fourm.data.shard_reader import CorruptSampleError
+from fourm.data.shard_reader import CorruptSampleError, ShardDataset
 from fourm.data.shards import ShardWriter, encode_sample
 from fourm.masking import UnifiedMasking
 from fourm.models import FourM
@@ -96,6 +96,25 @@ def test_config_rejects_unknown_keys_and_bad_combinations(tmp_path, tok):
     # the token shards' metadata.json says tok_rgb has 1024 codes: a smaller model vocabulary is refused
     with pytest.raises(ConfigError, match=r"set modalities.image_vocab.tok_rgb=1024"):
         Trainer(tiny(tmp_path, tok, "modalities.image_vocab.tok_rgb=512"))
+
+
+def test_rgb_pixel_input_trains_from_token_shards(tmp_path):
+    """The bundled config's shape: rgb pixels stored in the token shards feed the patch embedding."""
+    pixel_cfg = ["modalities.names=[rgb, tok_rgb, tok_depth, tok_semseg, caption, det]",
+                 "masking={modalities: [rgb, tok_rgb, tok_depth, tok_semseg, caption, det], num_input_tokens: 32, "
+                 "num_target_tokens: 32, components: [{name: rgb2all, input_alphas: {rgb: 1000.0}, "
+                 "target_alphas: {tok_depth: 0.5, tok_semseg: 0.5, caption: 0.5, det: 0.5}}]}"]
+    shards = tmp_path / "tok"
+    reg = load_train_config(TINY, ["data.train.shapes.shards=unused", *pixel_cfg]).modalities.registry()
+    write_synthetic_token_shards(shards, reg, num_samples=16, shard_size=16, seed=0)
+    sample = next(iter(ShardDataset(shards)))
+    assert sample["rgb"].dtype == torch.uint8 and tuple(sample["rgb"].shape) == (3, 64, 64)
+    run = tmp_path / "run"
+    summary = train(tiny(run, shards, "steps=3", "checkpoint.every=1", "checkpoint.keep_last=3", *pixel_cfg))
+    assert summary.step == 3 and summary.skipped_samples == 0 and math.isfinite(summary.last["loss"])
+    first, last = (weights(path / "model") for _, path in ckpt.list_checkpoints(run)[::2])  # steps 1 and 3
+    patch = [k for k in last if k.startswith("encoder_embeddings.rgb.")]
+    assert patch and any(not torch.equal(first[k], last[k]) for k in patch)  # gradients reached the patch embedding
 
 
 def test_cli_reports_config_errors(tmp_path, tok, capsys):

@@ -3,7 +3,8 @@
     write_synthetic_token_shards("tmp/tok", ModalitiesConfig().registry(), num_samples=256, shard_size=64)
 
 Each sample holds ``tok_rgb`` / ``tok_depth`` / ``tok_semseg`` int16 grids and ``tok_caption`` /
-``tok_det`` int32 id lists (no [EOS]; ids above the sentinels), like real token shards. The other
+``tok_det`` int32 id lists (no [EOS]; ids above the sentinels), and ``rgb`` uint8 pixels when the
+registry has that pixel modality, like real token shards (``fourm tokenize --keep rgb``). The other
 modalities are functions of the rgb tokens (depth = rgb mod its vocabulary, and so on), so a model
 can lower its loss by predicting across modalities, which makes smoke runs informative.
 """
@@ -23,7 +24,8 @@ FIRST_WORD_ID = SENTINEL_OFFSET + NUM_SENTINELS  # ids below are [PAD], [UNK], [
 
 
 def synthetic_sample(registry: ModalityRegistry, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """One sample: shard field -> array, for every image-token and sequence modality of ``registry``."""
+    """One sample: shard field -> array, for every modality of ``registry`` (pixels: one colour per
+    patch, a function of the same base as the image tokens)."""
     base = None
     out: dict[str, np.ndarray] = {}
     for spec in registry:
@@ -32,6 +34,13 @@ def synthetic_sample(registry: ModalityRegistry, rng: np.random.Generator) -> di
             if base is None:
                 base = rng.integers(0, 2**15, size=(rows, cols))
             out[default_field(spec)] = (base % spec.vocab_size).astype(np.int16)
+        elif spec.kind == "pixels":  # stored as ``fourm tokenize --keep rgb`` stores it: (H, W, C) uint8
+            rows, cols = spec.grid
+            if base is None:
+                base = rng.integers(0, 2**15, size=(rows, cols))
+            colours = np.stack([(base * (c + 1) * 37) % 256 for c in range(spec.in_channels)], axis=-1)
+            patch = np.ones((spec.patch_size, spec.patch_size, 1), dtype=np.int64)
+            out[default_field(spec)] = np.kron(colours, patch).astype(np.uint8)  # one flat colour per patch
         elif spec.kind == "sequence":
             if spec.vocab_size <= FIRST_WORD_ID:
                 raise ValueError(f"{spec.name}: vocab_size={spec.vocab_size} leaves no word ids above {FIRST_WORD_ID}")
@@ -48,7 +57,7 @@ def write_synthetic_token_shards(out_dir: str | os.PathLike, registry: ModalityR
 
     Args:
         out_dir: folder for ``shard-XXXXX.tar``.
-        registry: the modalities (pixel modalities are left out).
+        registry: the modalities.
         num_samples: samples to write.
         shard_size: samples per shard.
         seed: seed of the token values.
@@ -61,7 +70,7 @@ def write_synthetic_token_shards(out_dir: str | os.PathLike, registry: ModalityR
         for i in range(num_samples):
             w.write(f"{i:06d}", encode_sample(synthetic_sample(registry, rng)))
     write_metadata(out_dir, {"kind": "token_shards", "source": "synthetic", "seed": seed,
-                             "fields": {default_field(s): s.vocab_size for s in registry if s.kind != "pixels"}})
+                             "fields": {default_field(s): s.vocab_size if s.kind != "pixels" else "raw" for s in registry}})
     return [str(p) for p in w.shards]
 
 
