@@ -185,10 +185,11 @@ def test_resume_accepts_a_run_saved_before_object_weight_existed(tmp_path):
     assert train_tokenizer(cfg, resume=True, progress=False)["start_step"] == 2
 
 
-def test_objects_config_differs_from_rgb_64_in_loss_and_decoder_only():
+def test_objects_config_differs_from_rgb_64_in_loss_decoder_and_length_only():
     base = to_dict(load_config(TokenizerTrainConfig, CONFIGS / "rgb_64.yaml"))
     objs = to_dict(load_config(TokenizerTrainConfig, CONFIGS / "rgb_objects_64.yaml"))
-    assert {k for k in base if base[k] != objs[k]} == {"tokenizer", "out_dir"}
+    assert {k for k in base if base[k] != objs[k]} == {"tokenizer", "out_dir", "steps", "batch_size"}
+    assert objs["steps"] * objs["batch_size"] == 4 * base["steps"] * base["batch_size"]  # 4x the images
     bt, ot = base["tokenizer"], objs["tokenizer"]
     assert {k for k in bt if bt[k] != ot[k]} == {"loss", "decoder"}
     assert ot["loss"]["object_weight"] > 0 and ot["quantizer"]["codebook_size"] == bt["quantizer"]["codebook_size"]
