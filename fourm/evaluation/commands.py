@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import fourm
-from fourm.evaluation.benchmark import DEFAULT_SEED, TASKS, DecodingSettings, parse_tasks, run_benchmark
+from fourm.evaluation.benchmark import DEFAULT_SEED, RGB_INPUTS, TASKS, DecodingSettings, parse_tasks, run_benchmark
 
 _ROOT = Path(fourm.__file__).resolve().parents[1]
 DEFAULT_MODEL = Path("models/shapes_bundled")
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"MaskGIT steps of image targets (default {DecodingSettings.image_steps})")
     p.add_argument("--cfg-scale", type=float, default=DecodingSettings.rgb_cfg_scale,
                    help=f"classifier-free guidance of generated rgb (default {DecodingSettings.rgb_cfg_scale:g}; 1 = off)")
-    p.add_argument("--rgb-input", choices=("auto", "pixels", "tokens"), default="auto",
+    p.add_argument("--rgb-input", choices=RGB_INPUTS, default="auto",
                    help="rgb conditions as the model's rgb pixel input or as tok_rgb tokens (default auto: pixels "
                         "when the model has them)")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
