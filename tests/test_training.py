@@ -393,3 +393,18 @@ def test_activation_checkpointing_gives_the_same_gradients(tok):
         assert (p.grad is None) == (grads[key] is None), key
         if p.grad is not None:
             torch.testing.assert_close(p.grad, grads[key], rtol=1e-5, atol=1e-7)
+
+
+# ---- init_from (a second stage / fine-tuning) -----------------------------------------------------
+
+def test_init_from_starts_from_a_saved_model(tmp_path, tok, straight):
+    start = weights(straight / "model")
+    trainer = Trainer(tiny(tmp_path / "a", tok, "steps=2", f"init_from={straight / 'model'}"))
+    assert_same_weights(start, {k: v.detach() for k, v in trainer.model.state_dict().items()})
+    assert trainer.step == 0  # optimizer, schedule and data start fresh
+    fresh = {k: v.detach() for k, v in Trainer(tiny(tmp_path / "b", tok, "steps=2")).model.state_dict().items()}
+    assert any(not torch.equal(fresh[k], start[k]) for k in start)  # without it: a random start
+    with pytest.raises(ConfigError, match=r"init_from=.*architecture differs.*dim: 32 there, 48 here"):
+        Trainer(tiny(tmp_path / "c", tok, "steps=2", "model.dim=48", f"init_from={straight / 'model'}"))
+    with pytest.raises(FileNotFoundError, match=r"init_from=.*not a model folder"):
+        Trainer(tiny(tmp_path / "d", tok, "steps=2", f"init_from={tmp_path}"))

@@ -298,6 +298,10 @@ class TrainConfig:
         max_nonfinite_steps: abort after this many non-finite steps in a row (the batch is saved
             to ``out_dir/debug``); each one alone is skipped and counted.
         threads: torch intra-op threads per process (``null``: torch's default).
+        init_from: a model folder (``FourM.save_pretrained``, e.g. an earlier run's ``out_dir/model``)
+            whose weights start this run instead of a random initialisation (fine-tuning, a second
+            stage); its architecture must equal ``model``. Optimizer, schedule and data start fresh.
+            Ignored on resume (the checkpoint holds the weights).
     """
 
     out_dir: str
@@ -315,6 +319,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     max_nonfinite_steps: int = 5
     threads: int | None = None
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
