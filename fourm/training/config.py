@@ -302,6 +302,9 @@ class TrainConfig:
             whose weights start this run instead of a random initialisation (fine-tuning, a second
             stage); its architecture must equal ``model``. Optimizer, schedule and data start fresh.
             Ignored on resume (the checkpoint holds the weights).
+        loss_weights: per target modality, its weight in the training objective, the weighted mean
+            of the modalities' losses present in a micro-batch (missing ones weigh 1, so ``{}`` is
+            the model's plain mean over modalities). Logged and validation losses stay unweighted.
     """
 
     out_dir: str
@@ -320,6 +323,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 5
     threads: int | None = None
     init_from: str | None = None
+    loss_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -331,6 +335,14 @@ class TrainConfig:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads={self.threads}: must be >= 1 or null")
         names = set(self.modalities.names)
+        for name, w in self.loss_weights.items():
+            if name not in names:
+                raise ConfigError(f"loss_weights: {name!r} is not a model modality; modalities.names: "
+                                  f"{', '.join(self.modalities.names)}")
+            if not self.modalities.registry()[name].decoder:
+                raise ConfigError(f"loss_weights: {name!r} is input-only and has no loss")
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+                raise ConfigError(f"loss_weights.{name}={w!r}: must be a number > 0")
         checks = [("masking", self.masking)] + [
             (f"data.train.{n}.masking", s.masking) for n, s in self.data.train.items() if s.masking is not None]
         for where, m in checks:

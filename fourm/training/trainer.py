@@ -286,6 +286,15 @@ class Trainer:
         """The model's loss on one micro-batch (override or patch to inspect or inject faults)."""
         return self.model(batch, self.num_encoder_tokens, self.num_decoder_tokens)
 
+    def objective(self, out: FourMOutput) -> torch.Tensor:
+        """What training minimises: ``out.loss`` (the mean over modalities) or, with
+        ``loss_weights``, the weighted mean of the modality losses."""
+        weights = self.config.loss_weights
+        if not weights or not out.mod_losses:
+            return out.loss
+        w = [float(weights.get(name, 1.0)) for name in out.mod_losses]
+        return sum(wi * value for wi, value in zip(w, out.mod_losses.values())) / sum(w)
+
     def train_step(self) -> bool:
         """One optimizer step; returns whether a stop was requested (on any process)."""
         acc, cfg, dev = self.accelerator, self.config, self.accelerator.device
@@ -307,7 +316,7 @@ class Trainer:
             sync = contextlib.nullcontext() if i == accum - 1 else acc.no_sync(self.model)
             with sync:
                 out = self.compute_loss(batch)
-                acc.backward(out.loss * ((1.0 if real else 0.0) / accum))
+                acc.backward(self.objective(out) * ((1.0 if real else 0.0) / accum))
             invalid += mb.invalid
             if real:
                 loss += out.loss.detach().float()
