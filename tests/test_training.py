@@ -408,3 +408,31 @@ def test_init_from_starts_from_a_saved_model(tmp_path, tok, straight):
         Trainer(tiny(tmp_path / "c", tok, "steps=2", "model.dim=48", f"init_from={straight / 'model'}"))
     with pytest.raises(FileNotFoundError, match=r"init_from=.*not a model folder"):
         Trainer(tiny(tmp_path / "d", tok, "steps=2", f"init_from={tmp_path}"))
+
+
+def test_bundled_stage2_starts_from_stage1():
+    """configs/fm/shapes_bundled_captions.yaml fine-tunes stage 1's exported model: same
+    architecture and modalities (init_from checks them at run time, this test before a 1.5 h run)."""
+    one = load_train_config(REPO / "configs" / "fm" / "shapes_bundled.yaml")
+    two = load_train_config(REPO / "configs" / "fm" / "shapes_bundled_captions.yaml")
+    assert two.init_from == f"{one.out_dir}/model" and two.out_dir != one.out_dir
+    assert two.model == one.model and two.modalities == one.modalities
+    assert two.data.train == one.data.train and two.val.shards == one.val.shards  # the same token shards
+    names = {c.name for c in two.masking.components}
+    assert {"rgb2caption", "caption2rgb"} <= names and {c.name for c in one.masking.components} < names
+
+
+def test_loss_weights_weigh_the_objective_not_the_logs(tmp_path, tok):
+    trainer = Trainer(tiny(tmp_path, tok, "steps=2", "loss_weights={caption: 3.0, det: 0.5}"))
+    batch = trainer.data.next().batch
+    out = trainer.compute_loss(batch)
+    assert {"caption", "det"} <= out.mod_losses.keys()
+    w = {n: {"caption": 3.0, "det": 0.5}.get(n, 1.0) for n in out.mod_losses}
+    expected = sum(w[n] * v for n, v in out.mod_losses.items()) / sum(w.values())
+    assert torch.allclose(trainer.objective(out), expected) and not torch.allclose(trainer.objective(out), out.loss)
+    plain = Trainer(tiny(tmp_path / "plain", tok, "steps=2"))
+    assert plain.objective(out) is out.loss  # no weights: the model's mean over modalities
+    with pytest.raises(ConfigError, match=r"loss_weights: 'dept' is not a model modality"):
+        tiny(tmp_path, tok, "loss_weights={dept: 2}")
+    with pytest.raises(ConfigError, match=r"loss_weights.det=0(\.0)?: must be a number > 0"):
+        tiny(tmp_path, tok, "loss_weights={det: 0}")
