@@ -5,11 +5,12 @@
 For ``--num-samples`` held-out ShapesWorld scenes (world seed ``--seed``), each model gets the rgb
 pixels as its only input and the ground-truth caption as a teacher-forced target (the transfer
 masking of evaluation). It prints, per word kind (colour, shape, size words, and every token),
-the mean cross-entropy and the accuracy of the arg-max next token, three times:
+the mean cross-entropy and the accuracy of the arg-max next token, for two inputs:
 
 * ``image``: the scene's own pixels;
-* ``shuffled``: another scene's pixels (what the model guesses from the caption prefix alone);
-* chance for colour words is 1/6 (ShapesWorld's six colours).
+* ``shuffled``: another scene's pixels (what the model guesses from the caption prefix alone).
+
+Chance for colour words is 1/6 (ShapesWorld's six colours).
 
 A word kind whose ``image`` figures equal its ``shuffled`` ones is not read from the image. Last,
 a linear probe (ridge regression, half the objects to fit, half to test) of each object's colour
@@ -35,6 +36,7 @@ from fourm.modalities import ModalityRegistry, pixels_to_float  # noqa: E402
 from fourm.models import FourM  # noqa: E402
 from fourm.vq.normalize import from_world  # noqa: E402
 from fourm.vq.vqvae import load_tokenizers  # noqa: E402
+
 
 def word_ids(text) -> dict[str, set[int]]:
     """Token ids of each word kind (the words of the kind that encode to one token)."""

@@ -422,7 +422,7 @@ def test_bundled_stage2_starts_from_stage1():
     assert {"rgb2caption", "caption2rgb"} <= names and {c.name for c in one.masking.components} < names
 
 
-def test_loss_weights_weigh_the_objective_not_the_logs(tmp_path, tok):
+def test_loss_weights_weigh_the_objective(tmp_path, tok):
     trainer = Trainer(tiny(tmp_path, tok, "steps=2", "loss_weights={caption: 3.0, det: 0.5}"))
     batch = trainer.data.next().batch
     out = trainer.compute_loss(batch)
