@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fourm.data.shapes_world import COLOURS, SHAPE_SYNONYMS, SIZE_SYNONYMS, render_scene  # noqa: E402
-from fourm.masking.unified import TransferMasking  # noqa: E402
+from fourm.masking.unified import TransferMasking, count_tokens  # noqa: E402
 from fourm.modalities import ModalityRegistry, pixels_to_float  # noqa: E402
 from fourm.models import FourM  # noqa: E402
 from fourm.vq.normalize import from_world  # noqa: E402
@@ -48,11 +48,13 @@ def word_ids(text) -> dict[str, set[int]]:
     return {kind: {ids[0] for ids in map(text.encode, ws) if len(ids) == 1} for kind, ws in words.items()}
 
 
-def scores(model: FourM, batch: dict, kinds: dict[str, set[int]]) -> dict[str, tuple[float, float, int]]:
+def scores(model: FourM, batch: dict, registry: ModalityRegistry,
+           kinds: dict[str, set[int]]) -> dict[str, tuple[float, float, int]]:
     """Per word kind (and ``all``): (mean cross-entropy, arg-max accuracy, number of tokens)."""
+    counts = count_tokens(batch, registry)  # encoder and decoder slots sized to the batch
     with torch.no_grad():
-        enc = model.forward_encoder(batch, 128)
-        dec = model.forward_decoder(batch, enc, 64)
+        enc = model.forward_encoder(batch, int(counts.inputs.max()))
+        dec = model.forward_decoder(batch, enc, int(counts.decoder_slots.max()))
         pred = model.decode_logits(dec, ["caption"])["caption"]
     nll = torch.nn.functional.cross_entropy(pred.logits.float(), pred.target_ids, reduction="none")
     hit = (pred.logits.argmax(-1) == pred.target_ids).float()
@@ -70,7 +72,7 @@ def colour_probe(model: FourM, scenes: list[dict], pixels: torch.Tensor, registr
     masking = TransferMasking(["rgb"], [], registry)
     batch = masking.mask_batch({"rgb": pixels})
     with torch.no_grad():
-        enc = model.forward_encoder(batch, 128).output  # rgb patches only, in grid order
+        enc = model.forward_encoder(batch, registry["rgb"].num_tokens).output  # rgb patches only, in grid order
     rows, cols = registry["rgb"].grid
     patch = registry["rgb"].patch_size
     feats, raw, labels = [], [], []
@@ -116,8 +118,8 @@ def main() -> None:
         model = FourM.from_pretrained(path).eval()
         registry = ModalityRegistry({s.name: s for s in model.config.modalities})
         masking = TransferMasking(["rgb"], ["caption"], registry)
-        own = scores(model, masking.mask_batch({"rgb": pixels, "caption": captions}), kinds)
-        other = scores(model, masking.mask_batch({"rgb": pixels.roll(1, 0), "caption": captions}), kinds)
+        own = scores(model, masking.mask_batch({"rgb": pixels, "caption": captions}), registry, kinds)
+        other = scores(model, masking.mask_batch({"rgb": pixels.roll(1, 0), "caption": captions}), registry, kinds)
         print(f"\n{path}")
         print("| words | tokens | nll, image | nll, shuffled | acc., image | acc., shuffled |")
         print("|---|---|---|---|---|---|")

@@ -335,11 +335,12 @@ class TrainConfig:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads={self.threads}: must be >= 1 or null")
         names = set(self.modalities.names)
+        registry = self.modalities.registry() if self.loss_weights else None
         for name, w in self.loss_weights.items():
             if name not in names:
                 raise ConfigError(f"loss_weights: {name!r} is not a model modality; modalities.names: "
                                   f"{', '.join(self.modalities.names)}")
-            if not self.modalities.registry()[name].decoder:
+            if not registry[name].decoder:
                 raise ConfigError(f"loss_weights: {name!r} is input-only and has no loss")
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
                 raise ConfigError(f"loss_weights.{name}={w!r}: must be a number > 0")
