@@ -67,13 +67,20 @@ def test_cached_decoding_equals_uncached(model, cfg_scale):
     torch.testing.assert_close(lc, lp, atol=1e-5, rtol=0)
 
 
-def test_incremental_decoder_matches_teacher_forced_forward(model):
-    """Each cached step's logits equal the model's own teacher-forced forward over the sequence."""
+@pytest.mark.parametrize("padded", [False, True])
+def test_incremental_decoder_matches_teacher_forced_forward(model, padded):
+    """Each cached step's logits equal the model's own teacher-forced forward over the sequence;
+    ``padded``: sample 1 sees half the input tokens, so its context has padding slots that the
+    cross-attention must mask (with every slot valid the cached path attends without a mask)."""
     B, T = 2, 9
-    inputs = {"tok_rgb": {"tokens": rgb_tokens(B), "is_input": torch.ones(B, L, dtype=torch.bool)}}
+    is_input = torch.ones(B, L, dtype=torch.bool)
+    if padded:
+        is_input[1, L // 2:] = False
+    inputs = {"tok_rgb": {"tokens": rgb_tokens(B), "is_input": is_input}}
     seq = torch.cat([torch.full((B, 1), sentinel_id(1)), words(B, T - 1)], 1)  # (B, T)
     with torch.no_grad():
         enc = model.encode(inputs, L)
+        assert bool(enc.context_mask.all()) != padded
         dec = IncrementalDecoder(model, "caption", enc.context, enc.context_mask, T)
         steps = torch.stack([dec.step(seq[:, t]) for t in range(T)], 1)  # (B, T, V): logits of token t + 1
         batch = dict(inputs)

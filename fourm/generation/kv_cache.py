@@ -25,10 +25,12 @@ from torch import Tensor
 from fourm.models import FourM, attention
 
 
-def context_key_mask(context_valid: Tensor) -> Tensor:
-    """(R, N) -> (R, 1, 1, N) "may attend" mask of cross-attention. A row with no valid context
-    attends to all (zero) slots, as ``FourM.run_decoder`` does, instead of producing NaN."""
-    return (context_valid | ~context_valid.any(1, keepdim=True))[:, None, None, :]
+def context_key_mask(context_valid: Tensor) -> Tensor | None:
+    """(R, N) -> (R, 1, 1, N) "may attend" mask of cross-attention, or None when every slot is
+    valid (attention without a mask is faster). A row with no valid context attends to all (zero)
+    slots, as ``FourM.run_decoder`` does, instead of producing NaN."""
+    mask = context_valid | ~context_valid.any(1, keepdim=True)
+    return None if bool(mask.all()) else mask[:, None, None, :]
 
 
 class IncrementalDecoder:
@@ -61,8 +63,9 @@ class IncrementalDecoder:
         self._all_targets = torch.ones(R, max_len, dtype=torch.bool, device=context.device)  # every prefix token is a target
         self._rows = torch.arange(R, device=context.device)
         if use_cache:
-            self.context_kv = model.context_kv(context)  # per block: 2 x (R, H, N, hd)
-            self.xa_mask = context_key_mask(context_valid)  # (R, 1, 1, N)
+            # per block: 2 x (R, H, N, hd), contiguous: read at every step, copied once here
+            self.context_kv = [(k.contiguous(), v.contiguous()) for k, v in model.context_kv(context)]
+            self.xa_mask = context_key_mask(context_valid)  # (R, 1, 1, N) or None
             shape = (R, model.config.num_heads, max_len, model.config.head_dim)
             dtype = context.dtype
             self.keys = [context.new_zeros(shape, dtype=dtype) for _ in model.decoder]
@@ -81,7 +84,7 @@ class IncrementalDecoder:
         self.context_valid = self.context_valid.index_select(0, rows)
         if self.use_cache:
             self.context_kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.context_kv]
-            self.xa_mask = self.xa_mask.index_select(0, rows)
+            self.xa_mask = context_key_mask(self.context_valid)
             self.keys = [k.index_select(0, rows) for k in self.keys]
             self.values = [v.index_select(0, rows) for v in self.values]
 
