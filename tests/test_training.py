@@ -23,6 +23,8 @@ from fourm.config import ConfigError
 from fourm.data.shard_reader import CorruptSampleError, ShardDataset
 from fourm.data.shards import ShardWriter, encode_sample
 from fourm.masking import UnifiedMasking
+from fourm.generation import Sampler, Target
+from fourm.modalities import ModalitySpec
 from fourm.models import FourM
 from fourm.training import checkpoint as ckpt
 from fourm.training.config import load_train_config
@@ -337,6 +339,57 @@ def test_checkpoints_keep_last_k_and_are_atomic(tmp_path, tok, monkeypatch):
         Trainer(tiny(tmp_path, tok, "steps=12", "data.batch_size=4"), resume="auto")
     with pytest.raises(FileNotFoundError, match="no checkpoint there"):
         Trainer(tiny(tmp_path, tok, "steps=12"), resume=str(tmp_path / "nowhere"))
+
+
+# ---- your own modalities --------------------------------------------------------------------------
+
+OWN = ["modalities.names=[tok_rgb, caption, tok_normal, tags]",
+       "modalities.extra=[{name: tok_normal, kind: image, vocab_size: 64, grid: [8, 8]}, "
+       "{name: tags, kind: sequence, vocab_size: 4096, max_length: 8}]",
+       "masking={modalities: [tok_rgb, caption, tok_normal, tags], num_input_tokens: 32, num_target_tokens: 32, "
+       "components: [{input_alphas: {tok_rgb: 1.0, caption: 1.0, tok_normal: 1.0, tags: 1.0}, "
+       "target_alphas: {tok_rgb: 1.0, caption: 1.0, tok_normal: 1.0, tags: 1.0}}]}"]
+
+
+def test_own_modalities_from_the_config_train_and_generate(tmp_path):
+    """modalities.extra registers new specs from YAML: token shards with their fields train a model
+    that knows them after saving, and the sampler generates them."""
+    reg = load_train_config(TINY, ["data.train.shapes.shards=unused", *OWN]).modalities.registry()
+    assert reg.names() == ["tok_rgb", "caption", "tok_normal", "tags"]
+    assert reg["tok_normal"] == ModalitySpec("tok_normal", "image", vocab_size=64, grid=(8, 8))
+    shards = tmp_path / "tok"
+    write_synthetic_token_shards(shards, reg, num_samples=16, shard_size=16, seed=0)
+    assert {"tok_normal", "tok_tags"} <= set(next(iter(ShardDataset(shards))))  # default fields
+    run = tmp_path / "run"
+    summary = train(tiny(run, shards, "steps=3", *OWN))
+    assert summary.step == 3 and summary.skipped_samples == 0
+    logged = set().union(*metrics(run))
+    assert {"loss/tok_normal", "loss/tags"} <= logged
+    model = FourM.from_pretrained(run / "model")
+    assert model.specs["tok_normal"] == reg["tok_normal"] and model.specs["tags"] == reg["tags"]
+    out = Sampler(model).generate({"tok_rgb": torch.zeros(2, 64, dtype=torch.long)},
+                                  [Target("tok_normal", steps=2), Target("tags", max_tokens=4)], seed=0)
+    normal = out.tokens("tok_normal")
+    assert normal.shape == (2, 64) and int(normal.max()) < 64 and int(normal.min()) >= 0
+    assert len(out.sequences("tags")) == 2
+
+
+def test_own_modality_config_errors_name_the_setting(tmp_path):
+    spec = "{name: tok_normal, kind: image, vocab_size: 64, grid: [8, 8]}"
+    with pytest.raises(ConfigError, match=r"modalities\.extra\[0\] defines 'tok_normal' but modalities\.names does not list it"):
+        load_train_config(TINY, [f"modalities.extra=[{spec}]"])
+    with pytest.raises(ConfigError, match=r"modalities\.extra\[0\]: modality 'tok_normal': unknown kind 'imag'; allowed: image"):
+        load_train_config(TINY, ["modalities.names=[tok_rgb, tok_normal]",
+                                 "modalities.extra=[{name: tok_normal, kind: imag, vocab_size: 64, grid: [8, 8]}]"])
+    with pytest.raises(ConfigError, match=r"modalities\.extra\[0\]: unknown key\(s\) \['grids'\]"):
+        load_train_config(TINY, ["modalities.names=[tok_rgb, tok_normal]",
+                                 "modalities.extra=[{name: tok_normal, kind: image, vocab_size: 64, grids: [8, 8]}]"])
+    clash = load_train_config(TINY, ["data.train.shapes.shards=unused", "modalities.names=[tok_rgb, tok_depth]",
+                                     "masking.modalities=[tok_rgb, tok_depth]",
+                                     "masking.components=[{input_alphas: {tok_rgb: 1.0}, target_alphas: {tok_depth: 1.0}}]",
+                                     "modalities.extra=[{name: tok_depth, kind: image, vocab_size: 64, grid: [8, 8]}]"],)
+    with pytest.raises(ConfigError, match="'tok_depth' is already a ShapesWorld modality"):
+        clash.modalities.registry()
 
 
 # ---- data -----------------------------------------------------------------------------------------

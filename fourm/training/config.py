@@ -7,7 +7,7 @@ unknown key anywhere raises :class:`fourm.config.ConfigError` naming its dotted 
 
 Sections:
 
-* ``modalities``: the ShapesWorld modality set (vocabularies, grid, sequence lengths).
+* ``modalities``: the ShapesWorld modality set (vocabularies, grid, sequence lengths) and your own.
 * ``model``: a named size from :data:`fourm.models.MODEL_SIZES` and/or explicit widths.
 * ``masking``: :class:`fourm.masking.MaskingConfig` (token budgets, Dirichlet mixture).
 * ``data``: training shard sets (a mixture, by name, with weights), batch size, workers.
@@ -26,7 +26,7 @@ from typing import Literal, Sequence
 
 from fourm.config import ConfigError, apply_overrides, from_dict, load_yaml
 from fourm.masking import MaskingConfig
-from fourm.modalities import ModalityRegistry, shapes_world_modalities
+from fourm.modalities import ModalityRegistry, ModalitySpec, shapes_world_modalities
 from fourm.models import MODEL_SIZES, FourMConfig
 
 DEFAULT_MODALITIES: tuple[str, ...] = ("tok_rgb", "tok_depth", "tok_semseg", "caption", "det")
@@ -43,6 +43,15 @@ class ModalitiesConfig:
         caption_length, det_length: longest sequences in tokens (without [EOS]).
         names: which modalities the model has, in model order (default: the five token modalities;
             ``rgb`` is the input-only pixel modality).
+        extra: your own modalities, as :class:`fourm.modalities.ModalitySpec` fields, registered
+            beside the ShapesWorld ones (list each in ``names`` too)::
+
+                extra:
+                  - {name: tok_normal, kind: image, vocab_size: 512, grid: [8, 8]}
+                  - {name: tags, kind: sequence, vocab_size: 4312, max_length: 16}
+
+            Token shards then need a field per extra modality (``tok_normal``, ``tok_tags``: see
+            :func:`fourm.training.data.default_field`, or set ``data.train.<set>.fields``).
     """
 
     image_size: int = 64
@@ -52,12 +61,28 @@ class ModalitiesConfig:
     caption_length: int = 64
     det_length: int = 64
     names: tuple[str, ...] = DEFAULT_MODALITIES
+    extra: tuple[ModalitySpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, spec in enumerate(self.extra):
+            if spec.name in seen:
+                raise ConfigError(f"modalities.extra[{i}]: {spec.name!r} is defined twice")
+            seen.add(spec.name)
+            if spec.name not in self.names:
+                raise ConfigError(f"modalities.extra[{i}] defines {spec.name!r} but modalities.names does not list it "
+                                  f"({', '.join(self.names)}); add it to names to give the model this modality")
 
     def registry(self) -> ModalityRegistry:
         """The registry of ``names``, in that order."""
         reg = shapes_world_modalities(
             image_size=self.image_size, downsample=self.downsample, image_vocab=self.image_vocab or None,
             text_vocab=self.text_vocab, caption_length=self.caption_length, det_length=self.det_length)
+        for i, spec in enumerate(self.extra):
+            if spec.name in reg:
+                raise ConfigError(f"modalities.extra[{i}]: {spec.name!r} is already a ShapesWorld modality; "
+                                  "choose another name (or configure the built-in one through the other fields)")
+            reg.register(spec)
         unknown = [n for n in self.names if n not in reg]
         if unknown:
             raise ConfigError(f"modalities.names: unknown modality {unknown[0]!r}; known: {', '.join(reg.names())}")
