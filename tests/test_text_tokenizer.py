@@ -11,6 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from conftest import FIXTURES, require_shared
 from fourm.vq.text import (
+    UNK_ID,
     LayoutError,
     TextLayout,
     TextTokenizer,
@@ -294,3 +295,32 @@ def test_pickle_keeps_ids(tiny, captions):
     again = pickle.loads(pickle.dumps(tiny))  # DataLoader workers receive tokenizers this way
     assert again.encode_batch(captions[:20]) == tiny.encode_batch(captions[:20])
     assert again.layout == tiny.layout
+
+
+def test_train_text_cli_on_your_own_shards(tmp_path, capsys):
+    """`fourm tokenizer train-text --shards`: captions of raw shards, your box classes as single tokens;
+    a sample without the text field is skipped and reported."""
+    from fourm.cli import main
+    from fourm.data.shards import ShardWriter, encode_sample
+
+    rng = random.Random(0)
+    animals, colours = ["zebra", "giraffe", "hippo"], ["striped", "spotted", "grey", "muddy"]
+    with ShardWriter(tmp_path / "raw", shard_size=100) as w:
+        for i in range(300):
+            text = " and ".join(f"a {rng.choice(colours)} {rng.choice(animals)}" for _ in range(rng.randint(1, 3)))
+            w.write(f"{i:06d}", encode_sample({"caption": text}))
+        w.write("no_text", encode_sample({"other": "x"}))
+    out = tmp_path / "text"
+    assert main(["tokenizer", "train-text", "--out", str(out), "--shards", str(tmp_path / "raw"),
+                 "--classes", "zebra,giraffe,hippo, sea lion", "--vocab-size", "4400"]) == 0
+    assert "1 samples without a 'caption' text" in capsys.readouterr().out
+    tok = TextTokenizer.from_pretrained(out)
+    assert tok.class_names == ("zebra", "giraffe", "hippo", "sea lion")
+    assert [len(tok.encode(c)) for c in tok.class_names] == [1, 1, 1, 1]
+    text = "a muddy hippo and a spotted giraffe"
+    assert tok.decode(tok.encode(text)) == text
+    assert UNK_ID not in tok.encode("a striped zebra")
+    with pytest.raises(SystemExit, match="no sample has a text field 'title'"):
+        main(["tokenizer", "train-text", "--out", str(tmp_path / "t2"), "--shards", str(tmp_path / "raw"), "--field", "title"])
+    with pytest.raises(SystemExit, match="class name 'Zebra' is not in normalised form"):
+        main(["tokenizer", "train-text", "--out", str(tmp_path / "t3"), "--shards", str(tmp_path / "raw"), "--classes", "Zebra"])

@@ -31,10 +31,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
-    tt = sub.add_parser("train-text", help="train the WordPiece text tokenizer on ShapesWorld captions")
+    tt = sub.add_parser("train-text", help="train the WordPiece text tokenizer on ShapesWorld captions or on your shards")
     tt.add_argument("--out", required=True, help="output folder (tokenizer.json + config.json)")
+    tt.add_argument("--shards", default=None,
+                    help="train on the texts of these raw shards (folder, glob or brace range) instead of ShapesWorld scenes")
+    tt.add_argument("--field", default="caption", help="the shards' text field (default caption)")
+    tt.add_argument("--classes", default=None,
+                    help="comma-separated box class names, one token each (default: ShapesWorld's shape classes)")
     tt.add_argument("--seed", type=int, default=0, help="world seed of the training scenes (default 0)")
-    tt.add_argument("--num-samples", type=int, default=20000, help="scenes whose captions are used (default 20000)")
+    tt.add_argument("--num-samples", type=int, default=20000,
+                    help="scenes whose captions are used (default 20000); with --shards, the most texts read")
     tt.add_argument("--vocab-size", type=int, default=8192, help="upper bound on the vocabulary (default 8192)")
     tt.set_defaults(func=_train_text)
 
@@ -94,12 +100,43 @@ def _train_text(args: argparse.Namespace) -> int:
 
     if args.num_samples < 1:
         raise SystemExit(f"--num-samples={args.num_samples} is not allowed: use an integer >= 1")
-    captions = (sw.render_scene(args.seed, i)["caption"]
-                for i in tqdm(range(args.num_samples), desc="captions", unit="scene"))
-    tok = train_text_tokenizer(captions, class_names=sw.SHAPE_CLASSES, vocab_size=args.vocab_size)
+    classes = sw.SHAPE_CLASSES if args.classes is None else [c.strip() for c in args.classes.split(",") if c.strip()]
+    if args.shards is None:
+        captions = [sw.render_scene(args.seed, i)["caption"]
+                    for i in tqdm(range(args.num_samples), desc="captions", unit="scene")]
+    else:
+        captions = _shard_texts(args.shards, args.field, args.num_samples)
+    try:
+        tok = train_text_tokenizer(captions, class_names=classes, vocab_size=args.vocab_size)
+    except ValueError as e:
+        raise SystemExit(f"fourm tokenizer train-text: {e}") from None
     tok.save_pretrained(args.out)
     print(f"text tokenizer: vocab {tok.vocab_size}, classes {', '.join(tok.class_names)} -> {args.out}")
     return 0
+
+
+def _shard_texts(spec: str, field: str, limit: int) -> list[str]:
+    """Up to ``limit`` texts of ``field`` from raw shards; a sample without it is skipped and counted."""
+    from tqdm import tqdm
+
+    from fourm.data.shard_reader import ShardDataset
+
+    texts, missing = [], 0
+    data = ShardDataset(spec, optional=[field])  # reads only the text member of each sample
+    for sample in tqdm(data, desc="texts", unit="sample"):
+        value = sample.get(field)
+        if isinstance(value, str) and value.strip():
+            texts.append(value)
+            if len(texts) >= limit:
+                break
+        else:
+            missing += 1
+    skipped = data.stats
+    if missing or skipped.total:
+        print(f"train-text: {missing} samples without a {field!r} text; unreadable samples: {skipped}")
+    if not texts:
+        raise SystemExit(f"--shards {spec}: no sample has a text field {field!r}; name it with --field")
+    return texts
 
 
 def _eval(args: argparse.Namespace) -> int:
