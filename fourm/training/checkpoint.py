@@ -11,7 +11,8 @@ Layout of ``out_dir/checkpoints/step-00001000/``::
 The folder is assembled under a hidden temporary name and renamed into place, so a folder with the
 final name is always complete: a crash while saving leaves the previous checkpoint as the newest.
 ``latest_checkpoint`` ignores temporary folders, and :func:`prune_checkpoints` deletes all but the
-``keep_last`` newest.
+``keep_last`` newest. :func:`load_initial_weights` starts a run's model from a saved model folder
+(``init_from``), checking that the architecture matches.
 
 RNG states: Python's ``random``, NumPy's global generator, torch's CPU generator and every CUDA
 device's generator, per process. (The trainer itself draws only from seeded, stateless
@@ -20,6 +21,7 @@ generators; the global ones are saved so that user code and libraries resume exa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -33,6 +35,9 @@ import numpy as np
 import torch
 
 from fourm.config import ConfigError, save_json_atomic
+from fourm.models import FourM
+
+logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "fourm.training.checkpoint"
 FORMAT_VERSION = 1
@@ -217,3 +222,25 @@ def check_resume_config(saved: dict, current: dict) -> None:
         diffs = "; ".join(f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in bad[:5])
         raise ConfigError(f"cannot resume: the config differs from the checkpoint's in {diffs}. Resume with the "
                           "same settings, or start a new out_dir")
+
+
+def load_initial_weights(model: FourM, path: str) -> None:
+    """Start ``model`` from the weights of the model folder ``path`` (``init_from``).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a model folder.
+        ConfigError: its architecture differs from ``model``'s (the differing fields are named).
+    """
+    folder = Path(path)
+    files = [folder / "config.json", folder / "model.safetensors"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"init_from={path!r}: not a model folder (FourM.save_pretrained), missing {missing}")
+    saved = FourM.from_pretrained(folder)
+    ours, theirs = model.config.to_dict(), saved.config.to_dict()
+    diff = [f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted(ours.keys() | theirs.keys())
+            if ours.get(k) != theirs.get(k)]
+    if diff:
+        raise ConfigError(f"init_from={path!r}: architecture differs from this run's model: " + "; ".join(diff))
+    model.load_state_dict_checked(saved.state_dict())
+    logger.info("initialised from %s", folder)

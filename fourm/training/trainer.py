@@ -88,28 +88,6 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, STEP_SEED_TAG, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def load_initial_weights(model: FourM, path: str) -> None:
-    """Start ``model`` from the weights of the model folder ``path`` (``init_from``).
-
-    Raises:
-        FileNotFoundError: ``path`` is not a model folder.
-        ConfigError: its architecture differs from ``model``'s (the differing fields are named).
-    """
-    folder = Path(path)
-    files = [folder / "config.json", folder / "model.safetensors"]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"init_from={path!r}: not a model folder (FourM.save_pretrained), missing {missing}")
-    saved = FourM.from_pretrained(folder)
-    ours, theirs = model.config.to_dict(), saved.config.to_dict()
-    diff = [f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted(ours.keys() | theirs.keys())
-            if ours.get(k) != theirs.get(k)]
-    if diff:
-        raise ConfigError(f"init_from={path!r}: architecture differs from this run's model: " + "; ".join(diff))
-    model.load_state_dict_checked(saved.state_dict())
-    logger.info("initialised from %s", folder)
-
-
 class _StopSignals:
     """Turns SIGTERM / SIGINT into a flag read at the end of each step (a second Ctrl-C interrupts)."""
 
@@ -202,7 +180,7 @@ class Trainer:
         if self.resume_from is not None:
             model.load_state_dict_checked(load_file(str(self.resume_from / ckpt.MODEL_DIR / "model.safetensors")))
         elif cfg.init_from is not None:
-            load_initial_weights(model, cfg.init_from)
+            ckpt.load_initial_weights(model, cfg.init_from)
         no_decay = no_decay_names(model, cfg.optim.decay_embeddings)  # shapes are only known before FSDP
         if cfg.distributed.activation_checkpointing and not self.fsdp:
             apply_activation_checkpointing(model)
