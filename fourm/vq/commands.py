@@ -102,8 +102,8 @@ def _train_text(args: argparse.Namespace) -> int:
         raise SystemExit(f"--num-samples={args.num_samples} is not allowed: use an integer >= 1")
     classes = sw.SHAPE_CLASSES if args.classes is None else [c.strip() for c in args.classes.split(",") if c.strip()]
     if args.shards is None:
-        captions = [sw.render_scene(args.seed, i)["caption"]
-                    for i in tqdm(range(args.num_samples), desc="captions", unit="scene")]
+        captions = (sw.render_scene(args.seed, i)["caption"]
+                    for i in tqdm(range(args.num_samples), desc="captions", unit="scene"))
     else:
         captions = _shard_texts(args.shards, args.field, args.num_samples)
     try:
