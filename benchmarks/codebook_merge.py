@@ -34,6 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 from fourm.data.shapes_world import WorldConfig, render_scene  # noqa: E402
 from fourm.evaluation.metrics import scene_f1  # noqa: E402
 from fourm.evaluation.scene_parser import parse_scene  # noqa: E402
+from fourm.vq.evaluate import psnr as image_psnr  # noqa: E402
 from fourm.vq.normalize import from_world  # noqa: E402
 from fourm.vq.vqvae import load_tokenizers  # noqa: E402
 
@@ -95,14 +96,14 @@ def main() -> None:
         return
     tok, rgb = toks["rgb"], codes["rgb"]
     truth = [s["objects"] for s in scenes]
-    pixels = np.stack([s["rgb"] for s in scenes]).astype(np.float64)  # (B, H, W, 3)
+    pixels = torch.stack([from_world(s, "rgb") for s in scenes])  # (B, 3, H, W) uint8
 
     def score(tokens: torch.Tensor) -> tuple[float, float]:
         with torch.no_grad():
-            rec = tok.decode(tokens).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3) uint8
-        mse = ((rec.astype(np.float64) - pixels) ** 2).mean(axis=(1, 2, 3))
-        psnr = float(np.mean(10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))))
-        return psnr, scene_f1([parse_scene(np.ascontiguousarray(r)) for r in rec], truth)["f1"]
+            rec = tok.decode(tokens).cpu()  # (B, 3, H, W) uint8
+        images = rec.permute(0, 2, 3, 1).numpy()  # (B, H, W, 3) for the scene parser
+        f1 = scene_f1([parse_scene(np.ascontiguousarray(im)) for im in images], truth)["f1"]
+        return float(image_psnr(rec, pixels).mean()), f1
 
     usage = torch.bincount(rgb.flatten(), minlength=tok.codebook_size)
     print(f"rgb codes merged into groups (k-means on the code vectors):\n{'codes':>6s} {'PSNR dB':>8s} {'object F1':>10s}")
