@@ -87,7 +87,8 @@ def main() -> None:
     print(f"{args.model}: {len(scenes)} scenes of seed {args.seed}; tok_rgb by MaskGIT {args.steps} steps, "
           f"temperature {args.temperature:g}, CFG {args.cfg_scale:g}; {objects.float().sum(1).mean():.1f} of "
           f"{objects.shape[1]} tokens per scene hold an object")
-    print(f"{'condition':28s} {'F1':>6s} {'prec.':>6s} {'recall':>6s} {'spurious/scene':>15s} {'F1 no colour':>13s} {'s':>5s}")
+    print(f"{'condition':28s} {'F1':>6s} {'prec.':>6s} {'recall':>6s} {'spurious/scene':>15s} "
+          f"{'F1 no colour':>13s} {'s':>5s}")
 
     def score(name: str, tokens: torch.Tensor, t0: float) -> None:
         with torch.no_grad():
