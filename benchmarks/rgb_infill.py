@@ -60,6 +60,11 @@ def object_patches(semseg: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
     return obj.any(3).any(1).reshape(-1)
 
 
+def colourless(scenes: list) -> list:
+    """Per scene, (size, colour, shape) triples with the colour blanked: matches on size and shape."""
+    return [[(size, "-", shape) for size, _, shape in triples] for triples in scenes]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model", help="a saved FourM with tok_rgb and caption (e.g. models/shapes_bundled)")
@@ -79,7 +84,8 @@ def main() -> None:
     grid = tuple(sampler.specs["tok_rgb"].grid)
     scenes = [render_scene(args.seed, i, WorldConfig(image_size=args.image_size)) for i in range(args.num_samples)]
     with torch.no_grad():
-        rgb = toks["rgb"].encode(torch.stack([from_world(s, "rgb") for s in scenes])).reshape(len(scenes), -1).cpu()
+        pixels = torch.stack([from_world(s, "rgb") for s in scenes])  # (B, 3, H, W) uint8
+        rgb = toks["rgb"].encode(pixels).reshape(len(scenes), -1).cpu()
     objects = torch.stack([object_patches(s["semseg"], grid) for s in scenes])  # (B, L)
     captions = [s["caption"] for s in scenes]
     named = [parse_caption(c) for c in captions]
@@ -95,19 +101,16 @@ def main() -> None:
             images = toks["rgb"].decode(tokens.reshape(-1, *grid).to(toks["rgb"].device)).permute(0, 2, 3, 1).cpu()
         parsed = [tm.object_triples(parse_scene(np.ascontiguousarray(im.numpy()))) for im in images]
         s = tm.triple_f1(parsed, named)
-        def colourless(scenes_triples: list) -> list:
-            return [[(size, "-", shape) for size, _, shape in triples] for triples in scenes_triples]
-
         blind = tm.triple_f1(colourless(parsed), colourless(named))
         print(f"{name:28s} {s['f1']:6.3f} {s['precision']:6.3f} {s['recall']:6.3f} {s['fp'] / len(scenes):15.2f} "
               f"{blind['f1']:13.3f} {time.perf_counter() - t0:5.0f}", flush=True)
 
     score("tokenizer bound", rgb, time.perf_counter())
-    pixels = [n for n, spec in sampler.specs.items() if spec.kind == "pixels" and spec.in_channels == 3]
-    if pixels:  # transcription: every tok_rgb token from the whole image, the easiest way to tok_rgb
+    pixel_inputs = [n for n, spec in sampler.specs.items() if spec.kind == "pixels" and spec.in_channels == 3]
+    if pixel_inputs:  # transcription: every tok_rgb token from the whole image, the easiest way to tok_rgb
         t0 = time.perf_counter()
-        images = torch.stack([from_world(s, "rgb") for s in scenes])
-        score("rgb pixels given", sampler.generate({pixels[0]: images}, [target], seed=args.seed).tokens("tok_rgb"), t0)
+        result = sampler.generate({pixel_inputs[0]: pixels}, [target], seed=args.seed)
+        score("rgb pixels given", result.tokens("tok_rgb"), t0)
     for name, given, keep_caption in (("caption -> rgb", None, True), ("objects given", objects, True),
                                       ("ground given", ~objects, True), ("ground given, no caption", ~objects, False)):
         t0 = time.perf_counter()

@@ -475,7 +475,6 @@ def test_bundled_stage2_starts_from_stage1():
     assert {"rgb2caption", "caption2rgb"} <= names and {c.name for c in one.masking.components} < names
 
 
-
 def test_transcribe_diagnostic_starts_from_the_bundled_model():
     """configs/fm/shapes_bundled_transcribe.yaml (a diagnostic) fine-tunes models/shapes_bundled on
     pixels -> tok_rgb alone: the bundled model's architecture and modalities, one component."""
@@ -485,6 +484,7 @@ def test_transcribe_diagnostic_starts_from_the_bundled_model():
     assert diag.model == two.model and diag.modalities == two.modalities and diag.data.train == two.data.train
     (comp,) = diag.masking.components
     assert set(comp.input_alphas) == {"rgb"} and set(comp.target_alphas) == {"tok_rgb"}
+
 
 def test_loss_weights_weigh_the_objective(tmp_path, tok):
     trainer = Trainer(tiny(tmp_path, tok, "steps=2", "loss_weights={caption: 3.0, det: 0.5}"))
