@@ -27,7 +27,8 @@ wrong colours (F1 0.476 without colour, 0.127 with it): its training mixtures as
 from the pixels only inside all-to-all, and its tok_rgb head has not learned colour (250 steps of
 pixels -> tok_rgb alone, ``configs/fm/shapes_bundled_transcribe.yaml``, lift that row to 0.628;
 caption -> rgb stays at 0.071). Its object tokens do not follow the caption (no better with it
-than without), and its ground and sky around ground-truth objects make spurious objects.
+than without), and around ground-truth objects it draws extra object parts where the ground and
+sky should be.
 """
 from __future__ import annotations
 
