@@ -5,6 +5,7 @@ here with ShardWriter, in one CPU process; the multi-process test is in test_tra
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -461,6 +462,25 @@ def test_init_from_starts_from_a_saved_model(tmp_path, tok, straight):
         Trainer(tiny(tmp_path / "c", tok, "steps=2", "model.dim=48", f"init_from={straight / 'model'}"))
     with pytest.raises(FileNotFoundError, match=r"init_from=.*not a model folder"):
         Trainer(tiny(tmp_path / "d", tok, "steps=2", f"init_from={tmp_path}"))
+
+
+def test_init_from_names_the_modality_fields_that_differ(tmp_path, tok, straight):
+    """A modality difference is named field by field, not as two whole modality lists."""
+    with pytest.raises(ConfigError) as err:
+        Trainer(tiny(tmp_path / "a", tok, "steps=2", "modalities.image_vocab.tok_rgb=512",
+                     f"init_from={straight / 'model'}"))
+    msg = str(err.value)
+    assert "modalities.tok_rgb.vocab_size: 1024 there, 512 here" in msg
+    assert "tok_depth" not in msg  # the modalities that agree are not listed
+    saved = FourM.from_pretrained(straight / "model")
+    keep = tuple(m for m in saved.config.modalities if m.name in ("tok_rgb", "caption"))
+    fewer = dataclasses.replace(saved.config, modalities=keep)
+    with pytest.raises(ConfigError, match=r"architecture differs[^;]*: modality 'det' there, not here; .*"
+                                          r"modality 'tok_semseg' there, not here$"):
+        ckpt.load_initial_weights(FourM(fewer), str(straight / "model"))
+    reordered = dataclasses.replace(saved.config, modalities=tuple(reversed(saved.config.modalities)))
+    with pytest.raises(ConfigError, match=r"modality order: \['tok_rgb', .*\] there, \['det', .*\] here$"):
+        ckpt.load_initial_weights(FourM(reordered), str(straight / "model"))
 
 
 def test_bundled_stage2_starts_from_stage1():

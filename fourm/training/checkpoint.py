@@ -213,6 +213,11 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+def _architecture(config: dict) -> dict:
+    """A FourMConfig dict with its modality list keyed by name, so that a diff names the field."""
+    return {**config, "modalities": {m["name"]: m for m in config.get("modalities", [])}}
+
+
 def check_resume_config(saved: dict, current: dict) -> None:
     """Raise if settings that shape the run differ from the checkpoint's (shard paths may move)."""
     a, b = _flatten(saved), _flatten(current)
@@ -237,9 +242,18 @@ def load_initial_weights(model: FourM, path: str) -> None:
     if missing:
         raise FileNotFoundError(f"init_from={path!r}: not a model folder (FourM.save_pretrained), missing {missing}")
     saved = FourM.from_pretrained(folder)
-    ours, theirs = model.config.to_dict(), saved.config.to_dict()
-    diff = [f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted(ours.keys() | theirs.keys())
-            if ours.get(k) != theirs.get(k)]
+    ours, theirs = _architecture(model.config.to_dict()), _architecture(saved.config.to_dict())
+    only_there = sorted(theirs["modalities"].keys() - ours["modalities"].keys())
+    only_here = sorted(ours["modalities"].keys() - theirs["modalities"].keys())
+    diff = [f"modality {n!r} there, not here" for n in only_there]
+    diff += [f"modality {n!r} here, not there" for n in only_here]
+    if not diff and list(theirs["modalities"]) != list(ours["modalities"]):
+        diff.append(f"modality order: {list(theirs['modalities'])} there, {list(ours['modalities'])} here")
+    for name in set(only_there) | set(only_here):  # named above; their fields would only repeat it
+        theirs["modalities"].pop(name, None)
+        ours["modalities"].pop(name, None)
+    a, b = _flatten(theirs), _flatten(ours)
+    diff += [f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
     if diff:
         raise ConfigError(f"init_from={path!r}: architecture differs from this run's model: " + "; ".join(diff))
     model.load_state_dict_checked(saved.state_dict())
