@@ -243,15 +243,14 @@ def load_initial_weights(model: FourM, path: str) -> None:
         raise FileNotFoundError(f"init_from={path!r}: not a model folder (FourM.save_pretrained), missing {missing}")
     saved = FourM.from_pretrained(folder)
     ours, theirs = _architecture(model.config.to_dict()), _architecture(saved.config.to_dict())
-    only_there = sorted(theirs["modalities"].keys() - ours["modalities"].keys())
-    only_here = sorted(ours["modalities"].keys() - theirs["modalities"].keys())
-    diff = [f"modality {n!r} there, not here" for n in only_there]
-    diff += [f"modality {n!r} here, not there" for n in only_here]
-    if not diff and list(theirs["modalities"]) != list(ours["modalities"]):
-        diff.append(f"modality order: {list(theirs['modalities'])} there, {list(ours['modalities'])} here")
-    for name in set(only_there) | set(only_here):  # named above; their fields would only repeat it
-        theirs["modalities"].pop(name, None)
-        ours["modalities"].pop(name, None)
+    here, there = list(ours["modalities"]), list(theirs["modalities"])
+    diff = [f"modality {n!r} there, not here" for n in sorted(set(there) - set(here))]
+    diff += [f"modality {n!r} here, not there" for n in sorted(set(here) - set(there))]
+    if not diff and here != there:
+        diff.append(f"modality order: {there} there, {here} here")
+    shared = set(here) & set(there)  # a modality on one side only is named above, not field by field
+    for cfg in (ours, theirs):
+        cfg["modalities"] = {n: m for n, m in cfg["modalities"].items() if n in shared}
     a, b = _flatten(theirs), _flatten(ours)
     diff += [f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
     if diff:
