@@ -89,6 +89,11 @@ def restrict_vocab(model: FourM, sizes: Mapping[str, int]) -> FourM:
     """A copy of ``model`` whose image modalities ``sizes`` keep only their first ids (token
     embeddings and output rows cut): sampling it equals sampling with the other ids' logits at
     -inf. For a model whose vocabulary is larger than its tokenizer's codebook."""
+    for n, k in sizes.items():
+        spec = model.specs.get(n)
+        if spec is None or spec.kind != "image" or not 2 <= k <= spec.vocab_size:
+            raise ValueError(f"restrict_vocab: {n}={k}; allowed: image token modalities of the model, cut to between 2 "
+                             f"and their vocabulary size ({spec.vocab_size if spec else 'not in the model'})")
     specs = []
     for s in model.config.modalities:
         specs.append(type(s).from_dict({**s.to_dict(), "vocab_size": sizes[s.name]}) if s.name in sizes else s)
@@ -101,20 +106,25 @@ def restrict_vocab(model: FourM, sizes: Mapping[str, int]) -> FourM:
     return out.eval()
 
 
-def check_vocab(model: FourM, tokenizers: Mapping[str, Any], names: Sequence[str], fit_vocab: bool) -> FourM:
-    """Compare each named image modality's vocabulary with its tokenizer's codebook. A larger model
-    vocabulary is cut to the codebook when ``fit_vocab`` (else it raises); a smaller one raises."""
+def check_vocab(model: FourM, tokenizers: Mapping[str, Any], targets: Sequence[str], fit_vocab: bool,
+                inputs: Sequence[str] = ()) -> FourM:
+    """Compare image modalities' vocabularies with their tokenizers' codebooks. A target whose
+    vocabulary is larger than the codebook is cut to it when ``fit_vocab`` (else it raises); a
+    vocabulary smaller than the codebook raises (inputs too: the tokenizer could emit ids the model
+    does not know)."""
     cut = {}
-    for n in names:
+    for n in dict.fromkeys([*targets, *inputs]):
         spec, tok = model.specs[n], tokenizers.get(tokenizer_key(model.specs[n]))
-        if tok is None or spec.vocab_size == tok.codebook_size:
+        if spec.kind != "image" or tok is None or spec.vocab_size == tok.codebook_size:
             continue
         msg = (f"{n} has {spec.vocab_size} token ids but the {tokenizer_key(spec)} tokenizer has {tok.codebook_size} "
                "codes (the released models and tokenizers match: is this the right tokenizer?)")
-        if spec.vocab_size < tok.codebook_size or not fit_vocab:
-            raise ValueError(msg + ("" if spec.vocab_size < tok.codebook_size else
-                                    "; pass --fit-vocab (fit_vocab=True) to sample only the codebook's ids"))
-        cut[n] = tok.codebook_size
+        if spec.vocab_size < tok.codebook_size:
+            raise ValueError(msg)
+        if n in targets:
+            if not fit_vocab:
+                raise ValueError(msg + "; pass --fit-vocab (fit_vocab=True) to sample only the codebook's ids")
+            cut[n] = tok.codebook_size
     return restrict_vocab(model, cut) if cut else model
 
 
@@ -173,7 +183,7 @@ def run_photo(model: FourM, tokenizers: Mapping[str, Any], photo: np.ndarray, ta
     if missing:
         raise ValueError(f"no tokenizer to decode {missing} (tokenizers: {', '.join(tokenizers)})")
     inputs, seconds = photo_inputs(model, tokenizers, photo, rgb_input, imagenet_pixels)
-    model = check_vocab(model, tokenizers, [n for n in [*names, *inputs] if model.specs[n].kind == "image"], fit_vocab)
+    model = check_vocab(model, tokenizers, names, fit_vocab, list(inputs))
     sampler = Sampler(model, tokenizers, progress=progress)
     t0 = time.perf_counter()
     result = sampler.generate(sampler.prepare(inputs, num_samples), targets, seed=seed)

@@ -170,6 +170,7 @@ class ReferenceTokenizer(nn.Module):
         """Model-convention input (what the reference's ``tokenize`` takes) -> tokens (B, h, w)."""
         return self.quantize.lookup(self.encode_latent(x))
 
+    @torch.no_grad()
     def decode_quant(self, quant: Tensor, steps: int | None = None, generator: torch.Generator | None = None,
                      sampler: str | None = None, spacing: str | None = None, image_size: tuple[int, int] | None = None,
                      noise: Tensor | None = None, callback: StepCallback | None = None,
