@@ -12,7 +12,7 @@ from PIL import Image
 
 from fourm.cli import main as cli
 from fourm.compat.ml4m import load_ml4m
-from fourm.compat.ml4m_photo import check_vocab, restrict_vocab, run_photo, save_photo_result
+from fourm.compat.ml4m_photo import check_vocab, picture, restrict_vocab, run_photo, save_photo_result
 from fourm.compat.ml4m_tokenizer import load_reference_tokenizers
 from fourm.generation import Target
 
@@ -55,6 +55,9 @@ def test_inputs_and_targets_options(reference):
     assert list(res.decoded) == ["tok_semseg@224"] and "tokenize_rgb" in res.seconds
     res = run_photo(model, toks, _photo(), [Target("tok_semseg@224", steps=1)], rgb_input="pixels")
     assert "tokenize_rgb" not in res.seconds
+    res = run_photo(model, toks, _photo(), [Target("tok_clip@224", steps=1)], fit_vocab=True)  # features: PCA colours
+    assert res.decoded["tok_clip@224"].shape == (1, 512, 14, 14)
+    assert picture(res.kinds["tok_clip@224"], res.decoded["tok_clip@224"][0]).shape == (14, 14, 3)
     with pytest.raises(ValueError, match="rgb_input='all'"):
         run_photo(model, toks, _photo(), rgb_input="all")
     with pytest.raises(ValueError, match=r"no tokenizer to decode \['tok_normal@224'\]"):

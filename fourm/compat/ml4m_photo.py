@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from fourm.atomic import atomic_write
 from fourm.compat.ml4m_tokenizer import IMAGENET_MEAN, IMAGENET_STD, load_reference_tokenizers
+from fourm.compat.ml4m_tokenizer_config import FEATURE_MODALITIES
 from fourm.generation.decode import font
 from fourm.generation.inputs import tokenizer_key
 from fourm.generation.sampler import Sampler
@@ -231,6 +232,12 @@ def picture(kind: str, value: torch.Tensor | np.ndarray) -> np.ndarray:
         return depth_image(v)
     if kind == "semseg":
         return semseg_image(v)
+    if kind in FEATURE_MODALITIES:  # a feature map: its first three principal components as colours
+        f = v.reshape(v.shape[0], -1).T.astype(np.float64)  # (h * w, C)
+        f -= f.mean(0)
+        pcs = f @ np.linalg.svd(f, full_matrices=False)[2][:3].T  # (h * w, 3)
+        pcs = (pcs - pcs.min(0)) / np.maximum(pcs.max(0) - pcs.min(0), 1e-9)
+        return (pcs.reshape(*v.shape[1:], 3) * 255).round().astype(np.uint8)
     if v.ndim == 3 and v.shape[0] in (1, 3) and v.dtype == np.uint8:
         return np.repeat(v, 3 // v.shape[0], axis=0).transpose(1, 2, 0)
     raise ValueError(f"cannot draw a decoded {kind!r} of shape {v.shape}")
@@ -286,7 +293,9 @@ def cmd_photo(args: argparse.Namespace, load_model: Any, parse_target: Any) -> i
         model = load_model(args.model, args.device)
         tokenizers = load_reference_tokenizers(args.tokenizers, device=args.device)
         targets = [parse_target(t) for t in args.target] or None
-        photo = load_photo(args.image, 224)  # cropped square; resized again per input below
+        if not Path(args.image).is_file():
+            raise FileNotFoundError(f"--image {args.image}: file not found")
+        photo = np.array(Image.open(args.image).convert("RGB"))  # cropped and resized per model input in run_photo
         res = run_photo(model, tokenizers, photo, targets, seed=args.seed, num_samples=args.num_samples,
                         decode_steps=args.decode_steps, decode_sampler=args.decode_sampler, rgb_input=args.rgb_input,
                         fit_vocab=args.fit_vocab, imagenet_pixels=cfg.get("format") != "fourm.FourM", progress=True)

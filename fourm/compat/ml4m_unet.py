@@ -158,6 +158,8 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
+    """Halve the resolution: a stride-2 3x3 convolution (or 2x2 average pooling)."""
+
     def __init__(self, channels: int, use_conv: bool) -> None:
         super().__init__()
         self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2)
@@ -167,6 +169,8 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    """Double the resolution: nearest x2, then a 3x3 convolution (unless disabled)."""
+
     def __init__(self, channels: int, use_conv: bool) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1) if use_conv else None

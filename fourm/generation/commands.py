@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="model: a FourM.save_pretrained folder, a training out_dir (newest checkpoint) or checkpoint "
                         "folder, or a 4M reference checkpoint (config.json + model.safetensors)")
     p.add_argument("--tokenizers", type=Path, default=None,
-                   help=f"tokenizer folder (default: {DEFAULT_TOKENIZERS} when it exists)")
+                   help=f"tokenizer folder (default: {DEFAULT_TOKENIZERS} when it exists; with --image: a folder of "
+                        "4M reference tokenizer folders)")
     p.add_argument("--text-tokenizer", type=Path, default=None,
                    help="a tokenizer JSON file for caption/det (e.g. the reference's text_tokenizer_4m_wordpiece_30k.json)")
     p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
