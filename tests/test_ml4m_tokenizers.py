@@ -62,7 +62,7 @@ def test_check_tokenizer_cli(tok_fixtures, tmp_path, capsys):
     # a bad folder: one error line naming it, exit 2
     assert main(["check-tokenizer", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "nowhere" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and err[0].endswith("nowhere: no such folder")
 
 
 def test_loading_is_strict_both_ways(tok_fixtures, tmp_path):

@@ -152,9 +152,11 @@ def check_tokenizer(folder: str | Path) -> list[TensorCheck]:
     """Compare every recorded tensor of a fixture folder (``outputs.safetensors``, and the
     inputs fourm derives itself) with fourm's recomputation."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError("no such folder")
     for name in ("config.json", "model.safetensors", "inputs.safetensors", "outputs.safetensors"):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder}: no {name}; a tokenizer fixture folder holds config.json, "
+            raise FileNotFoundError(f"no {name}; a tokenizer fixture folder holds config.json, "
                                     "model.safetensors, inputs.safetensors and outputs.safetensors")
     config = json.loads((folder / "config.json").read_text())
     tok = load_reference_tokenizer(folder)
