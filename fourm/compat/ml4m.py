@@ -13,6 +13,11 @@ Command line::
 
     python -m fourm.compat.ml4m check ../shared/fixtures/ml4m/small   # compare with recorded outputs
     python -m fourm.compat.ml4m shapes ../shared/fixtures/ml4m/released_shapes/4m7_b.json
+    python -m fourm.compat.ml4m check-tokenizer ../shared/fixtures/ml4m/tokenizers/divae_rgb
+    python -m fourm.compat.ml4m shapes ../shared/fixtures/ml4m/tokenizers/released_shapes/*.json
+
+Tokenizers (VQ-VAE, DiVAE) live in ``fourm.compat.ml4m_tokenizer``; their checks in
+``fourm.compat.ml4m_tokenizer_check``.
 """
 from __future__ import annotations
 
@@ -339,9 +344,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir")
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--device", default="cpu", help="run the model there (e.g. cuda)")
-    p = sub.add_parser("shapes", help="compare FourM's state-dict layout with released_shapes/*.json")
+    p = sub.add_parser("shapes", help="compare the state-dict layout fourm builds with released_shapes/*.json "
+                                      "(FourM models and tokenizers)")
     p.add_argument("json", nargs="+")
+    p = sub.add_parser("check-tokenizer", help="compare a reference tokenizer fixture folder's recorded tensors "
+                                               "with fourm's recomputation")
+    p.add_argument("dir")
     args = parser.parse_args(argv)
+    if args.cmd == "check-tokenizer":
+        from fourm.compat.ml4m_tokenizer_check import print_check
+
+        try:
+            return print_check(args.dir)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            print(f"error: {args.dir}: {str(e).strip(chr(39))}", file=sys.stderr)
+            return 2
     if args.cmd == "check":
         results = check_fixture(args.dir, args.tol, args.device)
         worst = 0.0
@@ -354,7 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name in args.json:
         spec = json.loads(Path(name).read_text())
-        problems = compare_layout(build_on_meta(spec["fm_config"]), spec["state_dict"])
+        if "constructor_kwargs" in spec:  # a tokenizer
+            from fourm.compat.ml4m_tokenizer_check import compare_tokenizer_layout
+
+            problems = compare_tokenizer_layout(spec)
+        else:
+            problems = compare_layout(build_on_meta(spec["fm_config"]), spec["state_dict"])
         print(f"{name}: {len(spec['state_dict'])} keys, {'identical' if not problems else f'{len(problems)} differences'}")
         for line in problems[:50]:
             print("  " + line)

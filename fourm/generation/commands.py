@@ -5,6 +5,7 @@
     fourm generate --model MODEL --input caption="a large red circle" \\
         --target "tok_rgb:steps=8,cfg_scale=3,temperature_schedule=onex:0.5:0.5" --num-samples 4 --out out/gen
     fourm generate --model MODEL --input rgb=scene.png --target det --target caption --json result.json
+    fourm generate --model 4M-7_B_CC12M --tokenizers 4m_tokenizers --image photo.jpg --out out/photo
 
 Conditions come from files (``--input NAME=VALUE``: rgb / semseg PNG, depth / token .npy, det
 JSON, caption text or ``@file.txt``) or from a ShapesWorld scene (``--index`` with
@@ -56,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="model: a FourM.save_pretrained folder, a training out_dir (newest checkpoint) or checkpoint "
                         "folder, or a 4M reference checkpoint (config.json + model.safetensors)")
     p.add_argument("--tokenizers", type=Path, default=None,
-                   help=f"tokenizer folder (default: {DEFAULT_TOKENIZERS} when it exists)")
+                   help=f"tokenizer folder (default: {DEFAULT_TOKENIZERS} when it exists; with --image: a folder of "
+                        "4M reference tokenizer folders)")
     p.add_argument("--text-tokenizer", type=Path, default=None,
                    help="a tokenizer JSON file for caption/det (e.g. the reference's text_tokenizer_4m_wordpiece_30k.json)")
     p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
@@ -76,6 +78,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=128, help="tile size of grid.png in pixels (default 128)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-cache", action="store_true", help="decode sequences without the key/value cache (slower)")
+    photo = p.add_argument_group("a photo through a 4M reference model (--image; see fourm.compat.ml4m_photo)")
+    photo.add_argument("--image", type=Path, default=None,
+                       help="an rgb photo: with a reference model and --tokenizers holding reference tokenizer "
+                            "folders, generate depth and semseg (or --target) and write them as PNGs")
+    photo.add_argument("--decode-steps", type=int, default=None, help="diffusion decoder steps (default 25)")
+    photo.add_argument("--decode-sampler", choices=("ddim", "ddpm"), default=None,
+                       help="diffusion decoder sampler (default: the tokenizer's, ddpm for the released ones)")
+    photo.add_argument("--rgb-input", choices=("both", "pixels", "tokens"), default="both",
+                       help="condition on the photo as rgb pixels, rgb tokens or both (default both)")
+    photo.add_argument("--fit-vocab", action="store_true",
+                       help="sample only ids a tokenizer can decode when the model's vocabulary is larger")
     p.set_defaults(func=cmd_generate)
 
 
@@ -186,6 +199,10 @@ def _load_tokenizers(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.image is not None:
+        from fourm.compat.ml4m_photo import cmd_photo
+
+        return cmd_photo(args, load_model, parse_target)
     if not args.target:
         return _fail("give at least one --target (e.g. --target caption)")
     try:
