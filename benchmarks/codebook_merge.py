@@ -32,9 +32,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from fourm.data.shapes_world import WorldConfig, render_scene  # noqa: E402
-from fourm.evaluation.metrics import scene_f1  # noqa: E402
+from fourm.evaluation.objects import scene_f1  # noqa: E402
 from fourm.evaluation.scene_parser import parse_scene  # noqa: E402
-from fourm.vq.evaluate import psnr as image_psnr  # noqa: E402
+from fourm.evaluation.dense import psnr as image_psnr  # noqa: E402
 from fourm.vq.normalize import from_world  # noqa: E402
 from fourm.vq.vqvae import load_tokenizers  # noqa: E402
 

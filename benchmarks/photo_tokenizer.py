@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from fourm.config import save_json_atomic
-from fourm.vq.evaluate import evaluate_tokenizers
+from fourm.evaluation.reconstruction import evaluate_tokenizers
 from fourm.vq.photos import DEFAULT_HOLDOUT, check_photo_names, load_photo, psnr_from_mse, round_trip_photo
 from fourm.vq.vqvae import ImageTokenizer
 

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fourm.data.shapes_world import WorldConfig, parse_caption, render_scene  # noqa: E402
-from fourm.evaluation import task_metrics as tm  # noqa: E402
+from fourm.evaluation.objects import object_triples, triple_f1  # noqa: E402
 from fourm.evaluation.scene_parser import parse_scene  # noqa: E402
 from fourm.generation import Sampler, Target  # noqa: E402
 from fourm.generation.chain import inpaint  # noqa: E402
@@ -100,9 +100,9 @@ def main() -> None:
     def score(name: str, tokens: torch.Tensor, t0: float) -> None:
         with torch.no_grad():
             images = toks["rgb"].decode(tokens.reshape(-1, *grid).to(toks["rgb"].device)).permute(0, 2, 3, 1).cpu()
-        parsed = [tm.object_triples(parse_scene(np.ascontiguousarray(im.numpy()))) for im in images]
-        s = tm.triple_f1(parsed, named)
-        blind = tm.triple_f1(colourless(parsed), colourless(named))
+        parsed = [object_triples(parse_scene(np.ascontiguousarray(im.numpy()))) for im in images]
+        s = triple_f1(parsed, named)
+        blind = triple_f1(colourless(parsed), colourless(named))
         print(f"{name:28s} {s['f1']:6.3f} {s['precision']:6.3f} {s['recall']:6.3f} {s['fp'] / len(scenes):15.2f} "
               f"{blind['f1']:13.3f} {time.perf_counter() - t0:5.0f}", flush=True)
 

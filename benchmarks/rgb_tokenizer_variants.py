@@ -47,7 +47,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     import torch
 
     from fourm.config import load_config, save_json_atomic
-    from fourm.vq.evaluate import evaluate_tokenizers
+    from fourm.evaluation.reconstruction import evaluate_tokenizers
     from fourm.vq.train import TokenizerTrainConfig, train_tokenizer
     from fourm.vq.vqvae import ImageTokenizer
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fourm.config import load_config
-from fourm.vq.evaluate import render_batch
+from fourm.evaluation.reconstruction import render_batch
 from fourm.vq.train import TokenizerTrainConfig
 from fourm.vq.vqvae import ImageTokenizer, load_tokenizers
 

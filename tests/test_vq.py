@@ -13,7 +13,7 @@ from fourm.cli import main as cli
 from fourm.config import ConfigError, from_dict, load_config
 from fourm.data.shapes_world import FAR_DEPTH, SEMSEG_CLASSES, WorldConfig, render_scene
 from fourm.modalities import shapes_world_modalities
-from fourm.vq.evaluate import evaluate_tokenizers, render_batch
+from fourm.evaluation.reconstruction import evaluate_tokenizers, render_batch
 from fourm.vq.normalize import DepthNormalizer, NormalizeConfig, RGBNormalizer
 from fourm.vq.train import TokenizerTrainConfig, train_tokenizer
 from fourm.vq.vqvae import ImageTokenizer, NetConfig, TokenizerConfig, load_tokenizers

@@ -15,7 +15,7 @@ import torch
 from conftest import REPO
 from fourm.cli import main as cli
 from fourm.config import ConfigError, from_dict, load_config, to_dict
-from fourm.vq.evaluate import evaluate_tokenizers, render_batch
+from fourm.evaluation.reconstruction import evaluate_tokenizers, render_batch
 from fourm.vq.train import TokenizerTrainConfig, train_tokenizer
 from fourm.vq.vqvae import CONFIG_NAME, DecoderConfig, ImageTokenizer, NetConfig, TokenizerConfig
 

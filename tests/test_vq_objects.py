@@ -12,7 +12,8 @@ from conftest import REPO
 from fourm.cli import main as cli
 from fourm.config import from_dict, load_config, to_dict
 from fourm.data.shapes_world import WorldConfig, render_scene
-from fourm.vq.evaluate import ParserScores, evaluate_tokenizers, render_batch
+from fourm.evaluation.objects import ParserScores
+from fourm.evaluation.reconstruction import evaluate_tokenizers, render_batch
 from fourm.vq.train import TokenizerTrainConfig, train_tokenizer
 from fourm.vq.vqvae import ImageTokenizer, TokenizerConfig, object_weight_map
 

@@ -47,8 +47,9 @@ import torch
 from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
 from fourm.data.shapes_world import WorldConfig, parse_caption, render_scene
-from fourm.evaluation import task_metrics as tm
-from fourm.evaluation.metrics import scene_f1
+from fourm.evaluation.dense import depth_scores, semseg_scores
+from fourm.evaluation.detection import detection_map
+from fourm.evaluation.objects import layout_scores, object_triples, scene_f1, triple_f1
 from fourm.evaluation.report import BenchmarkResult, GridRow
 from fourm.evaluation.scene_parser import parse_scene
 from fourm.generation.inputs import tokenizer_key
@@ -380,15 +381,15 @@ def _score(task: str, preds: list, truth: list[dict]) -> dict[str, Any]:
     """Scores of one task from per-scene predictions (model or bound) against the ground truth
     (per scene: ``objects``, ``caption`` and the dense maps)."""
     if task == "rgb2semseg":
-        return tm.semseg_scores(preds, [s["semseg"] for s in truth])
+        return semseg_scores(preds, [s["semseg"] for s in truth])
     if task == "rgb2depth":
-        return tm.depth_scores(preds, [s["depth"] for s in truth], [s["semseg"] != 0 for s in truth])
+        return depth_scores(preds, [s["depth"] for s in truth], [s["semseg"] != 0 for s in truth])
     if task == "rgb2caption":
-        return tm.triple_f1(preds, [tm.object_triples(s["objects"]) for s in truth])
+        return triple_f1(preds, [object_triples(s["objects"]) for s in truth])
     gt_det = [[{"box": o["box"], "class": o["shape"]} for o in s["objects"]] for s in truth]
     if task == "rgb2det":
-        return tm.detection_map(preds, gt_det)
+        return detection_map(preds, gt_det)
     if task in LAYOUT_TASKS:
-        return tm.layout_scores(preds, gt_det)
+        return layout_scores(preds, gt_det)
     # caption2rgb, caption2det2rgb: against the objects the conditioning caption names
-    return tm.triple_f1([tm.object_triples(p) for p in preds], [parse_caption(s["caption"]) for s in truth])
+    return triple_f1([object_triples(p) for p in preds], [parse_caption(s["caption"]) for s in truth])

@@ -140,7 +140,7 @@ def _shard_texts(spec: str, field: str, limit: int) -> list[str]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from fourm.vq.evaluate import evaluate_tokenizers, format_results
+    from fourm.evaluation.reconstruction import evaluate_tokenizers, format_results
     from fourm.vq.vqvae import load_tokenizers
 
     toks = load_tokenizers(args.tokenizers, map_location=args.device)

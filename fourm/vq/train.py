@@ -42,7 +42,8 @@ from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks with
 
 from fourm.config import ConfigError, from_dict, save_json_atomic, to_dict
 from fourm.data.shapes_world import WorldConfig, render_scene
-from fourm.vq.evaluate import ReconstructionMetrics, decode_settings, decoder_for, parse_images, render_batch
+from fourm.evaluation.objects import parse_images
+from fourm.evaluation.reconstruction import ReconstructionMetrics, decode_settings, decoder_for, render_batch
 from fourm.vq.normalize import from_world
 from fourm.vq.photos import (DEFAULT_HOLDOUT, PHOTOS, PhotoCrops, check_photo_names, held_out_tiles,
                              training_photos)
@@ -140,7 +141,7 @@ class TokenizerTrainConfig:
         usage_window: steps over which codebook usage and perplexity are measured.
         eval_parser: rgb on ShapesWorld scenes: also score the analytic scene parser's object F1
             on the held-out reconstructions at each evaluation (about 20 ms per scene on a CPU
-            core; see ``fourm.vq.evaluate``).
+            core; see ``fourm.evaluation.reconstruction``).
     """
 
     tokenizer: TokenizerConfig

@@ -1,4 +1,4 @@
-"""Reconstruction metrics of the image tokenizers on fresh ShapesWorld scenes.
+"""Reconstruction scores of the image tokenizers on fresh ShapesWorld scenes (``fourm tokenizer eval``).
 
 ``fourm tokenizer eval`` renders ``num_samples`` scenes of a seed that training never used,
 round-trips each modality through its tokenizer (``decode(encode(x))``) and scores the result
@@ -27,59 +27,16 @@ turns diamonds into blobs still scores well; the parser F1 is the bound those ta
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import numpy as np
 import torch
 from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
 from fourm.data.shapes_world import SEMSEG_CLASSES, WorldConfig, render_scene
+from fourm.evaluation.dense import confusion_matrix, depth_errors, miou, psnr
+from fourm.evaluation.objects import ParserScores, parse_images
 from fourm.vq.normalize import from_world
 from fourm.vq.quantizers import CodeUsage
-
-MAX_PSNR = 100.0  # reported for an exact reconstruction (zero error)
-SHAPE_MATCH_IOU = 0.5  # box IoU of a parsed object and a scene object of its colour to compare shapes
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of uint8 images (B, C, H, W) (peak 255), capped at ``MAX_PSNR``.
-
-    Returns:
-        (B,) float64.
-    """
-    err = (pred.double() - target.double()).pow(2).flatten(1).mean(1)  # (B,)
-    out = 10.0 * torch.log10(255.0**2 / err.clamp_min(1e-12))
-    return out.clamp(max=MAX_PSNR)
-
-
-def depth_errors(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[float, float, int]:
-    """Sums over valid pixels of the absolute relative error and of the delta1 hits.
-
-    Args:
-        pred, target: (B, H, W) depth in metres.
-        valid: (B, H, W) bool, the pixels to score (non-sky).
-    Returns:
-        (sum of |pred - target| / target, number of pixels with max ratio < 1.25, number of valid pixels).
-    """
-    p, t = pred.double()[valid], target.double()[valid]
-    rel = ((p - t).abs() / t).sum().item()
-    ratio = torch.maximum(p / t, t / p)
-    return rel, int((ratio < 1.25).sum()), int(valid.sum())
-
-
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K, K) int64 counts, rows = ground-truth class, columns = predicted class."""
-    idx = target.long().flatten() * num_classes + pred.long().flatten()
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def miou(confusion: torch.Tensor) -> float:
-    """Mean IoU over the classes that occur in the ground truth or the prediction."""
-    c = confusion.double()
-    inter = c.diag()
-    union = c.sum(0) + c.sum(1) - inter
-    present = union > 0
-    return float((inter[present] / union[present]).mean()) if bool(present.any()) else float("nan")
 
 
 def render_batch(seed: int, indices: range | list[int], image_size: int, objects: bool = False) -> dict[str, Any]:
@@ -98,55 +55,6 @@ def render_batch(seed: int, indices: range | list[int], image_size: int, objects
     if objects:
         out["objects"] = [s["objects"] for s in samples]
     return out
-
-
-def parse_images(rgb: torch.Tensor) -> list[list]:
-    """The analytic scene parser (``fourm.evaluation.scene_parser``) on each image.
-
-    Args:
-        rgb: uint8 (B, 3, H, W) images as stored.
-    Returns:
-        per image, its ``ParsedObject`` list.
-    """
-    from fourm.evaluation.scene_parser import parse_scene
-
-    hwc = rgb.detach().cpu().permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
-    return [parse_scene(np.ascontiguousarray(im)) for im in hwc]
-
-
-class ParserScores:
-    """Scene-parser scores of images against the scenes' objects, accumulated over batches.
-
-    ``f1`` / ``precision`` / ``recall``: (size, colour, shape) triples as multisets per scene (the
-    benchmark's ``triple_f1``). ``shape_accuracy``: among parsed objects matched one to one to a
-    scene object of the same colour with box IoU >= ``SHAPE_MATCH_IOU``, the share with the right
-    shape (objects that vanished count in ``recall``, not here).
-    """
-
-    def __init__(self) -> None:
-        self.tp = self.fp = self.fn = self.matched = self.shape_ok = 0
-
-    def update(self, parsed: Sequence[Sequence[Any]], objects: Sequence[Sequence[Mapping]]) -> None:
-        """Add scenes: per scene, the parsed objects and the ground-truth objects."""
-        from fourm.evaluation.metrics import match_objects
-        from fourm.evaluation.task_metrics import object_triples, triple_f1  # evaluation imports this module
-
-        if len(parsed) != len(objects):
-            raise ValueError(f"{len(parsed)} parsed scenes but {len(objects)} scenes of objects")
-        r = triple_f1([object_triples(p) for p in parsed], [object_triples(o) for o in objects])
-        self.tp, self.fp, self.fn = self.tp + r["tp"], self.fp + r["fp"], self.fn + r["fn"]
-        for pred, gt in zip(parsed, objects):
-            for i, j in match_objects(pred, gt, SHAPE_MATCH_IOU, keys=("colour",)):
-                self.matched += 1
-                self.shape_ok += int(pred[i].shape == gt[j]["shape"])
-
-    def result(self, suffix: str = "") -> dict[str, float]:
-        """``parser_f1``, ``parser_precision``, ``parser_recall``, ``shape_accuracy`` (names + suffix)."""
-        p = self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
-        r = self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
-        out = {"parser_f1": 2 * p * r / (p + r) if p + r else 0.0, "parser_precision": p, "parser_recall": r,
-               "shape_accuracy": self.shape_ok / self.matched if self.matched else float("nan")}
-        return {k + suffix: v for k, v in out.items()}
 
 
 class ReconstructionMetrics:
