@@ -35,7 +35,7 @@ from fourm.masking.unified import TransferMasking, count_tokens  # noqa: E402
 from fourm.modalities import ModalityRegistry, pixels_to_float  # noqa: E402
 from fourm.models import FourM  # noqa: E402
 from fourm.vq.normalize import from_world  # noqa: E402
-from fourm.vq.vqvae import load_tokenizers  # noqa: E402
+from fourm.vq.loading import load_tokenizers  # noqa: E402
 
 
 def word_ids(text) -> dict[str, set[int]]:

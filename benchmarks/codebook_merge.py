@@ -36,7 +36,7 @@ from fourm.evaluation.objects import scene_f1  # noqa: E402
 from fourm.evaluation.scene_parser import parse_scene  # noqa: E402
 from fourm.evaluation.dense import psnr as image_psnr  # noqa: E402
 from fourm.vq.normalize import from_world  # noqa: E402
-from fourm.vq.vqvae import load_tokenizers  # noqa: E402
+from fourm.vq.loading import load_tokenizers  # noqa: E402
 
 
 def merge_codes(codebook: torch.Tensor, usage: torch.Tensor, k: int, generator: torch.Generator,

@@ -48,7 +48,7 @@ from fourm.generation import Sampler, Target  # noqa: E402
 from fourm.generation.chain import inpaint  # noqa: E402
 from fourm.models import FourM  # noqa: E402
 from fourm.vq.normalize import from_world  # noqa: E402
-from fourm.vq.vqvae import load_tokenizers  # noqa: E402
+from fourm.vq.loading import load_tokenizers  # noqa: E402
 
 SKY, GROUND = 0, 1  # ShapesWorld semseg ids; every other id is an object
 

@@ -20,7 +20,8 @@ import torch
 from fourm.config import load_config
 from fourm.evaluation.reconstruction import render_batch
 from fourm.vq.train import TokenizerTrainConfig
-from fourm.vq.vqvae import ImageTokenizer, load_tokenizers
+from fourm.vq.loading import load_tokenizers
+from fourm.vq.vqvae import ImageTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,10 +18,10 @@ from fourm.evaluation.objects import layout_scores, object_triples, triple_f1
 from fourm.evaluation.benchmark import TASKS, box_scores, parse_tasks, run_benchmark
 from fourm.evaluation.report import TABLE_METRICS, task_title
 from fourm.masking.spans import EOS_ID, sentinel_id
-from fourm.modalities import shapes_world_modalities
+from fourm.data.shapes_modalities import shapes_world_modalities
 from fourm.models import FourM, FourMConfig
 from fourm.vq.boxes import boxes_to_ids
-from fourm.vq.vqvae import load_tokenizers
+from fourm.vq.loading import load_tokenizers
 
 TOKENIZERS = REPO / "tokenizers" / "shapes64"
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fourm.modalities import ModalitySpec, shapes_world_modalities
+from fourm.data.shapes_modalities import shapes_world_modalities
+from fourm.modalities import ModalitySpec
 from fourm.models import FourM, FourMConfig, MODEL_SIZES, attention, select_tokens
 
 IMAGE = 32  # 4 x 4 token grids keep every test fast

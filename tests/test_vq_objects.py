@@ -14,8 +14,11 @@ from fourm.config import from_dict, load_config, to_dict
 from fourm.data.shapes_world import WorldConfig, render_scene
 from fourm.evaluation.objects import ParserScores
 from fourm.evaluation.reconstruction import evaluate_tokenizers, render_batch
-from fourm.vq.train import TokenizerTrainConfig, train_tokenizer
-from fourm.vq.vqvae import ImageTokenizer, TokenizerConfig, object_weight_map
+from fourm.training import checkpoint as ckpt
+from fourm.training.tokenizer_task import TokenizerTrainConfig, train_tokenizer
+from fourm.vq.config import TokenizerConfig
+from fourm.vq.losses import object_weight_map
+from fourm.vq.vqvae import ImageTokenizer
 
 CONFIGS = REPO / "configs" / "tokenizers"
 PARSER_KEYS = ("parser_f1", "parser_precision", "parser_recall", "shape_accuracy")
@@ -23,7 +26,7 @@ PARSER_KEYS = ("parser_f1", "parser_precision", "parser_recall", "shape_accuracy
 
 def tiny_cfg(tmp_path, *overrides: str) -> TokenizerTrainConfig:
     return load_config(TokenizerTrainConfig, CONFIGS / "rgb_tiny.yaml",
-                       overrides=[f"out_dir={tmp_path / 'run'}", "steps=2", "checkpoint_every=2", *overrides])
+                       overrides=[f"out_dir={tmp_path / 'run'}", "steps=2", "checkpoint.every=2", *overrides])
 
 
 def obj(colour: str, shape: str, box: list[float], size: str = "small") -> dict:
@@ -147,16 +150,16 @@ def test_object_weighted_loss_punishes_object_errors_more():
 
 
 def test_training_with_object_weight_and_parser_eval(tmp_path):
-    cfg = tiny_cfg(tmp_path, "tokenizer.loss.object_weight=4", "data.eval_samples=4")
+    cfg = tiny_cfg(tmp_path, "tokenizer.loss.object_weight=4", "val.samples=4")
     summary = train_tokenizer(cfg, progress=False)
-    ev = summary["eval"]
+    ev = summary.val
     assert 0 < ev["psnr"] < 100 and all(0 <= ev[k] <= 1 for k in ("parser_f1", "parser_f1_original"))
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert "parser_f1" in [x for x in lines if "eval" in x][-1]["eval"]
-    saved = ImageTokenizer.from_pretrained(summary["tokenizer_dir"])
+    assert "parser_f1" in [x for x in lines if x["split"] == "val"][-1]
+    saved = ImageTokenizer.from_pretrained(summary.model_dir)
     assert saved.config.loss.object_weight == 4.0
-    off = train_tokenizer(tiny_cfg(tmp_path / "b", "eval_parser=false", "data.eval_samples=4"), progress=False)
-    assert "parser_f1" not in off["eval"]
+    off = train_tokenizer(tiny_cfg(tmp_path / "b", "val.parser=false", "val.samples=4"), progress=False)
+    assert "parser_f1" not in off.val
 
 
 def test_training_with_object_weight_reads_semseg_from_shards(tmp_path):
@@ -168,29 +171,28 @@ def test_training_with_object_weight_reads_semseg_from_shards(tmp_path):
             s = render_scene(0, i, world)
             w.write(f"{i:06d}", encode_sample({k: s[k] for k in ("rgb", "depth", "semseg", "det", "caption")}))
     cfg = tiny_cfg(tmp_path, "tokenizer.loss.object_weight=4", "data.source=shards",
-                   f"data.shards={tmp_path / 'shards'}", "data.eval_samples=2", "eval_parser=false")
+                   f"data.shards={tmp_path / 'shards'}", "val.samples=2", "val.parser=false")
     summary = train_tokenizer(cfg, progress=False)
-    assert math.isfinite(summary["last"]["loss"])
+    assert math.isfinite(summary.last["loss"])
 
 
 def test_resume_accepts_a_run_saved_before_object_weight_existed(tmp_path):
-    cfg = tiny_cfg(tmp_path, "eval_parser=false", "data.eval_samples=2", "steps=4")
-    part = load_config(TokenizerTrainConfig, CONFIGS / "rgb_tiny.yaml",
-                       overrides=[f"out_dir={tmp_path / 'run'}", "steps=2", "checkpoint_every=2",
-                                  "eval_parser=false", "data.eval_samples=2"])
-    train_tokenizer(part, progress=False)
-    path = tmp_path / "run" / "train_config.json"
-    saved = json.loads(path.read_text())
-    del saved["tokenizer"]["loss"]["object_weight"]  # as written by the code before the field
-    path.write_text(json.dumps(saved))
-    assert train_tokenizer(cfg, resume=True, progress=False)["start_step"] == 2
+    cfg = tiny_cfg(tmp_path, "val.parser=false", "val.samples=2", "steps=4")
+    train_tokenizer(cfg, until_step=2, progress=False)
+    path = ckpt.latest_checkpoint(tmp_path / "run") / ckpt.STATE_NAME
+    state = json.loads(path.read_text())
+    del state["config"]["tokenizer"]["loss"]["object_weight"]  # as written by the code before the field
+    path.write_text(json.dumps(state))
+    assert train_tokenizer(cfg, resume="auto", progress=False).start_step == 2
 
 
 def test_objects_config_differs_from_rgb_64_in_loss_decoder_and_length_only():
     base = to_dict(load_config(TokenizerTrainConfig, CONFIGS / "rgb_64.yaml"))
     objs = to_dict(load_config(TokenizerTrainConfig, CONFIGS / "rgb_objects_64.yaml"))
-    assert {k for k in base if base[k] != objs[k]} == {"tokenizer", "out_dir", "steps", "batch_size"}
-    assert objs["steps"] * objs["batch_size"] == 4 * base["steps"] * base["batch_size"]  # 4x the images
+    assert {k for k in base if base[k] != objs[k]} == {"tokenizer", "out_dir", "steps", "data"}
+    assert {k for k in base["data"] if base["data"][k] != objs["data"][k]} == {"batch_size"}
+    images = [c["steps"] * c["data"]["batch_size"] for c in (base, objs)]
+    assert images[1] == 4 * images[0]  # 4x the images
     bt, ot = base["tokenizer"], objs["tokenizer"]
     assert {k for k in bt if bt[k] != ot[k]} == {"loss", "decoder"}
     assert ot["loss"]["object_weight"] > 0 and ot["quantizer"]["codebook_size"] == bt["quantizer"]["codebook_size"]
