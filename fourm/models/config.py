@@ -1,6 +1,6 @@
 """The typed configuration of :class:`fourm.models.FourM` and the table of model sizes.
 
-    cfg = FourMConfig.from_size("base", shapes_world_modalities())
+    cfg = FourMConfig.from_size("base", ml4m_modalities("4m7"))
     cfg = FourMConfig(modalities=reg, dim=96, encoder_depth=3, decoder_depth=3, num_heads=3)
 
 Bad values are rejected at construction with a message that names the field.

@@ -172,6 +172,8 @@ class TrainConfig(RunConfig):
         loss_weights: per target modality, its weight in the training objective, the weighted mean
             of the modalities' losses present in a micro-batch (missing ones weigh 1, so ``{}`` is
             the model's plain mean over modalities). Logged and validation losses stay unweighted.
+        reuse_cpu_memory: keep the memory of vocabulary-sized gradients and logits from step to
+            step on CPU (:mod:`fourm.models.cpu_memory`: faster, same results; no effect on GPU).
 
     The run writes ``out_dir/model`` (``FourM.save_pretrained``) at its end.
     """
@@ -183,6 +185,7 @@ class TrainConfig(RunConfig):
     val: ValConfig | None = None
     init_from: str | None = None
     loss_weights: dict[str, float] = field(default_factory=dict)
+    reuse_cpu_memory: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -217,7 +220,8 @@ class TrainConfig(RunConfig):
     def may_change_on_resume(self, key: str) -> bool:
         """Whether the dotted setting ``key`` may differ from the checkpoint's on resume: the
         shared ones, validation, workers and where the shards are (they may move)."""
-        return (super().may_change_on_resume(key) or key.startswith(("val.", "data.num_workers", "data.prefetch_factor"))
+        return (super().may_change_on_resume(key)
+                or key.startswith(("val.", "data.num_workers", "data.prefetch_factor", "reuse_cpu_memory"))
                 or (key.startswith("data.train.") and ".shards" in key))
 
     @property

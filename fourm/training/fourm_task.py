@@ -113,6 +113,7 @@ class FourMTask(TrainTask):
                       else cfg.model.init_seed)
         if cfg.init_from is not None and not resuming:
             load_initial_weights(model, cfg.init_from)
+        model.set_cpu_memory_reuse(cfg.reuse_cpu_memory)
         return model
 
     def no_decay(self, model: nn.Module) -> set[str]:
