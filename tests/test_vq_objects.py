@@ -12,6 +12,7 @@ from conftest import REPO
 from fourm.cli import main as cli
 from fourm.config import from_dict, load_config, to_dict
 from fourm.data.shapes_world import WorldConfig, render_scene
+from fourm.data.image_sources import object_mask
 from fourm.evaluation.objects import ParserScores
 from fourm.evaluation.reconstruction import evaluate_tokenizers, render_batch
 from fourm.training import checkpoint as ckpt
@@ -112,19 +113,25 @@ def test_object_weight_config_is_validated():
     with pytest.raises(ValueError, match="data.source 'photos' does not have"):
         load_config(TokenizerTrainConfig, CONFIGS / "rgb_tiny.yaml",
                     overrides=["tokenizer.loss.object_weight=4", "data.source=photos", "data.holdout=[coins]"])
-    assert not from_dict(TokenizerConfig, {"modality": "rgb", "loss": {"object_weight": 0.0}}).needs_semseg
+    assert not from_dict(TokenizerConfig, {"modality": "rgb", "loss": {"object_weight": 0.0}}).needs_objects
 
 
 def test_object_weight_map_weights_objects_and_their_edges():
-    semseg = torch.ones(1, 8, 8, dtype=torch.uint8)  # ground
-    semseg[0, 3:5, 3:5] = 2  # a 2 x 2 object
-    w = object_weight_map(semseg, 4.0)[0, 0]  # (8, 8)
+    objects = torch.zeros(1, 8, 8, dtype=torch.bool)  # ground
+    objects[0, 3:5, 3:5] = True  # a 2 x 2 object
+    w = object_weight_map(objects, 4.0)[0, 0]  # (8, 8)
     assert w.shape == (8, 8) and math.isclose(float(w.mean()), 1.0, rel_tol=1e-6)
     ring = torch.zeros(8, 8, dtype=torch.bool)
     ring[2:6, 2:6] = True  # the object grown by one pixel
     assert torch.allclose(w[ring], 5 * w[~ring][0]) and torch.allclose(w[~ring], w[~ring][0])
-    empty = object_weight_map(torch.zeros(2, 8, 8, dtype=torch.uint8), 4.0)
+    empty = object_weight_map(torch.zeros(2, 8, 8, dtype=torch.bool), 4.0)
     assert torch.equal(empty, torch.ones(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="objects must be a bool"):
+        object_weight_map(torch.zeros(2, 8, 8, dtype=torch.uint8), 4.0)
+    # ShapesWorld's object pixels: semseg ids of a shape class (0 sky, 1 ground)
+    scene = render_scene(3, 0, WorldConfig(image_size=32))
+    mask = object_mask(scene)
+    assert mask.dtype == torch.bool and mask.any() and torch.equal(mask, torch.as_tensor(scene["semseg"] >= 2))
 
 
 def test_object_weighted_loss_punishes_object_errors_more():
@@ -133,18 +140,19 @@ def test_object_weighted_loss_punishes_object_errors_more():
                                                            "loss": {"object_weight": 4.0}}))
     b = render_batch(3, range(2), 32)
     target = torch.zeros(2, 3, 32, 32)
-    on_objects = (b["semseg"] >= 2).unsqueeze(1).expand(-1, 3, -1, -1).float()  # (B, 3, H, W)
-    w = object_weight_map(b["semseg"], 4.0)
+    objects = b["semseg"] >= 2  # (B, H, W): the shape classes
+    on_objects = objects.unsqueeze(1).expand(-1, 3, -1, -1).float()  # (B, 3, H, W)
+    w = object_weight_map(objects, 4.0)
     err_obj, err_bg = target + on_objects, target + (1 - on_objects)
     assert weighted.forward_loss(err_obj, target, w) > plain.forward_loss(err_obj, target)
     assert weighted.forward_loss(err_bg, target, w) < plain.forward_loss(err_bg, target)
-    with pytest.raises(ValueError, match="needs the scenes' semseg maps"):
+    with pytest.raises(ValueError, match="needs the images' object pixels"):
         weighted(b["rgb"])
     with pytest.raises(ValueError, match="would be unused"):
-        plain(b["rgb"], b["semseg"])
-    with pytest.raises(ValueError, match="semseg has shape"):
-        weighted(b["rgb"], b["semseg"][:1])
-    out = weighted(b["rgb"], b["semseg"])
+        plain(b["rgb"], objects)
+    with pytest.raises(ValueError, match="objects has shape"):
+        weighted(b["rgb"], objects[:1])
+    out = weighted(b["rgb"], objects)
     out.loss.backward()
     assert torch.isfinite(out.loss) and all(p.grad is not None for p in weighted.decoder.parameters())
 

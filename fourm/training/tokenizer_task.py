@@ -95,7 +95,7 @@ class TokenizerTrainConfig(RunConfig):
         if self.data.source == "photos" and t.kind != "rgb":
             raise ConfigError(f"data.source 'photos' gives rgb images only, but tokenizer {t.modality!r} stores "
                               f"{t.kind}; use data.source: generator or shards")
-        if self.data.source == "photos" and t.needs_semseg:
+        if self.data.source == "photos" and t.needs_objects:
             raise ConfigError(f"tokenizer.loss.object_weight={t.loss.object_weight} needs semseg maps, which "
                               "data.source 'photos' does not have; use data.source: generator or shards, or drop "
                               "loss.object_weight")
@@ -116,7 +116,7 @@ class ImageStream:
     def __init__(self, config: TokenizerTrainConfig, rank: int, world_size: int) -> None:
         self.config, self.rank, self.world_size = config, rank, world_size
         t = config.tokenizer
-        self.field, self.with_semseg = t.modality, t.needs_semseg
+        self.field, self.with_objects = t.modality, t.needs_objects
         grid = (t.image_size // t.downsample) ** 2
         self.tokens_per_batch = config.data.batch_size * grid
         self.next_batch = 0
@@ -127,7 +127,7 @@ class ImageStream:
         if self._it is None:
             d, t = self.config.data, self.config.tokenizer
             self._loader = image_loader(d, self.field, t.image_size, self.next_batch, self.rank, self.world_size,
-                                        with_semseg=self.with_semseg)
+                                        with_objects=self.with_objects)
             self._it = iter(self._loader)
         batch, m, b = next(self._it), self.next_batch, self.config.data.batch_size
         self.next_batch += 1
@@ -185,8 +185,8 @@ class TokenizerTask(TrainTask):
         return ImageStream(self.config, self.ctx.rank, self.ctx.world_size)
 
     def loss(self, model: nn.Module, batch: Any) -> TaskLoss:
-        images, semseg = batch if self.config.tokenizer.needs_semseg else (batch, None)
-        out = model(images, semseg) if semseg is not None else model(images)
+        images, objects = batch if self.config.tokenizer.needs_objects else (batch, None)
+        out = model(images, objects) if objects is not None else model(images)
         self.usage.update(self.ctx.accelerator.gather(out.codes))
         return TaskLoss(out.loss, {"loss": out.loss, "recon": out.recon_loss, "quant": out.quant_loss})
 

@@ -91,8 +91,9 @@ class LossConfig:
     ring around them where the silhouette edge lies, ``1 + object_weight`` times a background
     pixel; each image's weights are then divided by their mean, so the loss keeps its scale. Objects
     cover about a tenth of a ShapesWorld image, so with plain per-pixel losses the sky and ground
-    dominate and shapes blur into blobs. Training then needs the scenes' semseg maps (data.source
-    generator or shards) to find the objects; see :func:`object_weight_map`.
+    dominate and shapes blur into blobs. Training then needs to know the object pixels (from the
+    scenes' semseg maps: data.source generator or shards); see
+    :func:`fourm.vq.losses.object_weight_map`.
     """
 
     l1: float | None = None
@@ -198,6 +199,6 @@ class TokenizerConfig:
                 "object_weight": float(self.loss.object_weight or 0.0)}
 
     @property
-    def needs_semseg(self) -> bool:
-        """Whether training needs the scenes' semseg maps (``loss.object_weight`` > 0)."""
+    def needs_objects(self) -> bool:
+        """Whether training needs the object pixels of each image (``loss.object_weight`` > 0)."""
         return self.kind == "rgb" and bool(self.loss.object_weight)

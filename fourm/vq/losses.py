@@ -1,6 +1,6 @@
 """The training losses of the image tokenizers, apart from the quantizer's own (commitment) loss.
 
-    weights = object_weight_map(semseg, object_weight=8.0)          # (B, 1, H, W), mean 1 per image
+    weights = object_weight_map(objects, object_weight=8.0)         # (B, 1, H, W), mean 1 per image
     loss = reconstruction_loss(output, target, "rgb", config.loss_weights, weights)
 
 Each term is a function of tensors and resolved weights (``TokenizerConfig.loss_weights``), so a
@@ -14,19 +14,20 @@ import torch
 import torch.nn.functional as F
 
 
-def object_weight_map(semseg: torch.Tensor, object_weight: float) -> torch.Tensor:
+def object_weight_map(objects: torch.Tensor, object_weight: float) -> torch.Tensor:
     """Per-pixel loss weights of ``loss.object_weight``, normalised to mean 1 per image.
 
     Args:
-        semseg: (B, H, W) class ids (``SEMSEG_CLASSES``: 0 sky, 1 ground, >= 2 an object).
+        objects: (B, H, W) bool, the object pixels (the data says which they are: for ShapesWorld,
+            ``fourm.data.image_sources.object_mask`` of a semseg map).
         object_weight: extra weight of object pixels and of the one-pixel ring around them.
     Returns:
         (B, 1, H, W) float32 weights: ``1 + object_weight`` on (dilated) objects, 1 elsewhere,
         divided by the image's mean.
     """
-    if semseg.ndim != 3:
-        raise ValueError(f"semseg must have shape (B, H, W), got {tuple(semseg.shape)}")
-    obj = (semseg >= 2).float().unsqueeze(1)  # (B, 1, H, W)
+    if objects.ndim != 3 or objects.dtype != torch.bool:
+        raise ValueError(f"objects must be a bool (B, H, W) mask, got {objects.dtype} {tuple(objects.shape)}")
+    obj = objects.float().unsqueeze(1)  # (B, 1, H, W)
     ring = F.max_pool2d(obj, kernel_size=3, stride=1, padding=1)  # objects grown by one pixel: their edges
     w = 1.0 + object_weight * ring
     return w / w.mean(dim=(1, 2, 3), keepdim=True)

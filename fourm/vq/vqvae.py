@@ -182,32 +182,32 @@ class ImageTokenizer(nn.Module):
         (B, 1, H, W) of mean 1 (:func:`object_weight_map`) weight the per-pixel l1 / mse terms."""
         return reconstruction_loss(output, target, self.kind, self.config.loss_weights, pixel_weights)
 
-    def forward(self, images: torch.Tensor, semseg: torch.Tensor | None = None,
+    def forward(self, images: torch.Tensor, objects: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> TokenizerOutput:
         """Training pass on a stored-format batch (see the class docstring).
 
         Args:
             images: the stored-format batch.
-            semseg: (B, H, W) class ids of the same scenes; required exactly when
-                ``loss.object_weight`` > 0 (rgb), where it locates the objects.
+            objects: (B, H, W) bool, the object pixels of the same images; required exactly when
+                ``loss.object_weight`` > 0 (rgb), which weighs them (:func:`object_weight_map`).
             generator: noise and timesteps of the diffusion decoder's loss, on the tokenizer's
                 device (None: torch's global RNG, which the trainer seeds and checkpoints);
                 unused by the conv decoder.
         """
-        if self.config.needs_semseg and semseg is None:
-            raise ValueError(f"loss.object_weight={self.config.loss.object_weight} needs the scenes' semseg maps: "
-                             "call forward(images, semseg=...)")
-        if semseg is not None and not self.config.needs_semseg:
-            raise ValueError("semseg was given but loss.object_weight is not set (> 0); it would be unused")
+        if self.config.needs_objects and objects is None:
+            raise ValueError(f"loss.object_weight={self.config.loss.object_weight} needs the images' object pixels: "
+                             "call forward(images, objects=...)")
+        if objects is not None and not self.config.needs_objects:
+            raise ValueError("objects were given but loss.object_weight is not set (> 0); they would be unused")
         x, _ = self.normalizer.check(images)
         self._check_size(x)
         x = self.normalizer.to_model(x.to(self.device))
         weights = None
-        if semseg is not None:
-            if tuple(semseg.shape) != (x.shape[0], *x.shape[-2:]):
-                raise ValueError(f"semseg has shape {tuple(semseg.shape)}; expected {(x.shape[0], *x.shape[-2:])} "
-                                 "(one map per image, same size)")
-            weights = object_weight_map(semseg.to(self.device), self.config.loss_weights["object_weight"])
+        if objects is not None:
+            if tuple(objects.shape) != (x.shape[0], *x.shape[-2:]):
+                raise ValueError(f"objects has shape {tuple(objects.shape)}; expected {(x.shape[0], *x.shape[-2:])} "
+                                 "(one mask per image, same size)")
+            weights = object_weight_map(objects.to(self.device), self.config.loss_weights["object_weight"])
         z = self.forward_encoder(x)  # (B, D, h, w)
         q = self.quantizer(z)
         if self.is_diffusion:  # denoising loss at a random timestep; output is the UNet's prediction
