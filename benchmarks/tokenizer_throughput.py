@@ -19,7 +19,7 @@ import torch
 
 from fourm.config import load_config
 from fourm.evaluation.reconstruction import render_batch
-from fourm.vq.train import TokenizerTrainConfig
+from fourm.training.tokenizer_task import TokenizerTrainConfig
 from fourm.vq.loading import load_tokenizers
 from fourm.vq.vqvae import ImageTokenizer
 

@@ -532,10 +532,10 @@ def test_bundled_stage2_starts_from_stage1():
 
 
 def test_transcribe_diagnostic_starts_from_the_bundled_model():
-    """configs/fm/shapes_bundled_transcribe.yaml (a diagnostic) fine-tunes models/shapes_bundled on
+    """experiments/configs/shapes_bundled_transcribe.yaml (a diagnostic) fine-tunes models/shapes_bundled on
     pixels -> tok_rgb alone: the bundled model's architecture and modalities, one component."""
     two = load_train_config(REPO / "configs" / "fm" / "shapes_bundled_captions.yaml")  # made the bundled model
-    diag = load_train_config(REPO / "configs" / "fm" / "shapes_bundled_transcribe.yaml")
+    diag = load_train_config(REPO / "experiments" / "configs" / "shapes_bundled_transcribe.yaml")
     assert diag.init_from == "models/shapes_bundled" and (REPO / diag.init_from / "config.json").is_file()
     assert diag.model == two.model and diag.modalities == two.modalities and diag.data.train == two.data.train
     (comp,) = diag.masking.components
