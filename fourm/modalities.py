@@ -258,7 +258,7 @@ def pixels_to_float(pixels):
     return x
 
 
-# Released 4M vocabularies (reference-4m.md section 4).
+# Released 4M vocabularies (ml-4m/fourm/data/modality_info.py).
 _ML4M_7 = {
     "tok_rgb@224": 16384,
     "tok_depth@224": 8192,

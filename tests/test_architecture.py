@@ -19,6 +19,7 @@ A module may import its own package and any lower floor.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,3 +131,14 @@ def test_the_library_never_imports_experiments_or_benchmarks():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.split(".")[0] in ("experiments", "benchmarks") for n in names), name
+
+
+def test_docstrings_cite_only_files_of_the_repository():
+    """A repository path in the library's text (``fourm/...``, ``configs/...``, ``docs/...`` ...)
+    names a file or folder that exists; paths of the 4M reference are written ``ml-4m/...``."""
+    cited = re.compile(r"(?<![\w/.-])((?:fourm|configs|tests|benchmarks|experiments|docs|models|tokenizers|notebooks)"
+                       r"/[\w./-]*\w)(?![\w*{])")
+    missing = sorted({f"{path.relative_to(REPO)}: {m.group(1)}" for path in modules().values()
+                      for m in cited.finditer(path.read_text()) if not (REPO / m.group(1)).exists()})
+    assert missing == []
+    assert cited.findall("see configs/fm/shapes_tiny.yaml and ml-4m/fourm/models/fm.py") == ["configs/fm/shapes_tiny.yaml"]

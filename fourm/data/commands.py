@@ -4,7 +4,7 @@ folders, turn raw shards into token shards.
     fourm data shapes --out data/shapes --num-samples 10000 --image-size 64 --seed 0 --shard-size 1000 --workers 2
     fourm data show data/shapes --out sheet.png --num 16
     fourm tokenize --input data/shapes/train --output data/shapes_tok/train --tokenizers tokenizers/shapes64 --keep rgb
-    fourm tokenize ... --config configs/fm/mine.yaml    # the fields a training run's modalities name
+    fourm tokenize ... --config my_run.yaml             # the fields a training run's modalities name
 
 Shard ``k`` holds samples ``k * K .. k * K + K - 1`` and is written whole by one worker (under a
 temporary name, then renamed), so the output is byte-identical for any number of workers. The

@@ -4,7 +4,7 @@
     tokens = tok.encode(rgb)        # uint8 (B, 3, 64, 64)  -> int64 (B, 8, 8)
     rgb_hat = tok.decode(tokens)    # int64 (B, 8, 8)       -> uint8 (B, 3, 64, 64)
 
-The pipeline is the 4M reference's (apple/ml-4m, fourm/vq/vqvae.py): normalise -> encoder ->
+The pipeline is the 4M reference's (ml-4m/fourm/vq/vqvae.py): normalise -> encoder ->
 projection to a small latent (32 channels) -> quantizer -> decoder -> de-normalise. Encoder and
 decoder are small convolutional nets (``fourm.vq.convnets``: residual blocks with GroupNorm, one
 stride-2 convolution per halving), chosen over a ViT because they are several times faster on a
@@ -13,9 +13,9 @@ per token side, 8 by default (64 px -> 8 x 8), 16 for 224 px -> 14 x 14.
 
 Normalisation is inside (see ``fourm.vq.normalize``): ``encode`` takes images as stored and
 ``decode`` returns them as stored; ``config.kind`` (rgb, depth or semseg) says how they are stored.
-The config lives in ``fourm.vq.config``, the losses in ``fourm.vq.losses``, and
-``fourm.vq.loading.load_tokenizers`` loads a folder of tokenizers. The semseg tokenizer embeds class ids with a learned table (as
-the reference does) and its decoder outputs class logits.
+A semseg-kind tokenizer embeds class ids with a learned table (as the reference does) and its
+decoder outputs class logits. The config lives in ``fourm.vq.config``, the losses in
+``fourm.vq.losses``; ``fourm.vq.loading.load_tokenizers`` loads a folder of tokenizers.
 
 ``decoder.kind`` picks the decoder: ``conv`` (the default, described above) or ``diffusion`` (rgb
 and depth: a conditional UNet denoiser sampled with DDIM, as 4M's DiVAE; see
