@@ -14,7 +14,9 @@
 * :mod:`fourm.training.optim` - AdamW parameter groups, warm-up + cosine schedule.
 * :mod:`fourm.training.checkpoint` - atomic step checkpoints without pickle, keep-last-K, ``--resume auto``.
 * :mod:`fourm.training.distributed` - the Accelerator, FSDP and activation checkpointing.
-* :mod:`fourm.training.metrics` - ``metrics.jsonl`` and optional TensorBoard; ``curve`` plots it.
+* :mod:`fourm.training.metrics` - ``metrics.jsonl``, optional TensorBoard, the logging interval;
+  :mod:`fourm.training.curve` plots it.
+* :mod:`fourm.training.signals` - SIGTERM / Ctrl-C: a checkpoint at the end of the step.
 * :mod:`fourm.training.synthetic` - synthetic token shards for tests and benchmarks.
 
     cfg = load_train_config("configs/fm/shapes_tiny.yaml", ["data.train.shapes.shards=data/tok"])

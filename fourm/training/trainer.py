@@ -31,7 +31,6 @@ import contextlib
 import logging
 import math
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +45,9 @@ from fourm.config import ConfigError, from_dict, save_json_atomic, to_dict
 from fourm.data.shard_reader import SKIP_REASONS
 from fourm.training import checkpoint as ckpt
 from fourm.training.distributed import build_accelerator
-from fourm.training.metrics import JsonlWriter, MetricsLog, truncate_jsonl
+from fourm.training.metrics import JsonlWriter, LogInterval, MetricsLog, truncate_jsonl
 from fourm.training.optim import build_optimizer, build_scheduler
+from fourm.training.signals import StopSignals
 from fourm.training.task import MicroBatch, RunContext, TaskLoss, TrainTask
 
 logger = logging.getLogger(__name__)
@@ -105,58 +105,6 @@ def flat_tensors(obj: Any, prefix: str) -> dict[str, torch.Tensor]:
     return out
 
 
-class _StopSignals:
-    """Turns SIGTERM / SIGINT into a flag read at the end of each step (a second Ctrl-C interrupts)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        logger.warning("received %s: stopping after this step with a checkpoint", signal.Signals(signum).name)
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-
-
-class _Interval:
-    """Sums of one logging interval, per process (device tensors; reduced when a line is written)."""
-
-    def __init__(self, num_metrics: int, device: torch.device) -> None:
-        self.n, self.device = num_metrics, device
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums = torch.zeros(self.n, device=self.device)
-        self.counts = [0] * self.n
-        self.grad_norm = torch.zeros((), device=self.device)
-        self.micro = self.steps = self.tokens = self.samples = self.invalid = 0
-        self.t0 = time.perf_counter()
-
-    def state(self) -> dict:
-        return {"sums": self.sums.tolist(), "counts": list(self.counts), "grad_norm": self.grad_norm.item(),
-                "micro": self.micro, "steps": self.steps, "tokens": self.tokens, "samples": self.samples,
-                "invalid": self.invalid}
-
-    def load(self, s: dict) -> None:
-        self.sums = torch.tensor(s["sums"], dtype=torch.float32, device=self.device)
-        self.grad_norm = torch.tensor(s["grad_norm"], dtype=torch.float32, device=self.device)
-        self.counts = list(s["counts"])
-        self.micro, self.steps, self.tokens = s["micro"], s["steps"], s["tokens"]
-        self.samples, self.invalid = s["samples"], s["invalid"]
-
-
 class Trainer:
     """Train ``task.config``'s run.
 
@@ -203,11 +151,11 @@ class Trainer:
         self._fit_t0: float | None = None
         self.base_skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.base_invalid = 0
-        self.interval = _Interval(len(self.metric_names), acc.device)
+        self.interval = LogInterval(len(self.metric_names), acc.device)
         if state is not None:
             self._load_state(state)
         self.start_step = self.step
-        self._signals = _StopSignals()
+        self._signals = StopSignals()
         self._last_val: dict | None = None
         self.metrics: MetricsLog | None = None
         self.sample_log: JsonlWriter | None = None
