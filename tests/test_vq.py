@@ -121,6 +121,10 @@ def test_config_rejects_bad_combinations():
         from_dict(TokenizerConfig, {"modality": "semseg", "loss": {"l1": 1.0}})
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict(TokenizerTrainConfig, {"tokenizer": {"modality": "rgb", "quantiser": {}}})
+    with pytest.raises(ConfigError, match="activation_checkpointing are for FourM runs"):
+        tiny_train_config("rgb", Path("unused"), **{"distributed.activation_checkpointing": "true"})
+    with pytest.raises(ConfigError, match="val.seed=0 equals data.seed"):
+        tiny_train_config("rgb", Path("unused"), **{"val.seed": 0})
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

@@ -59,8 +59,8 @@ def reference_spec(name: str, vocab_override: Mapping[str, int] | None = None) -
         raise ValueError(f"reference domain {name!r} is not supported; supported: {', '.join(known.names())} "
                          f"(and their @448 variants); t5_caption (precomputed T5 embeddings) is not")
     spec = known[base]
-    changes = spec.to_dict()
-    changes["name"] = name
+    changes = {k: v for k, v in spec.to_dict().items() if k not in ("raw_field", "token_field", "tokenizer")}
+    changes["name"] = name  # the fields it reads follow from the new name
     if name != base:
         changes["grid"] = [2 * g for g in spec.grid]
     if vocab_override and name in vocab_override:

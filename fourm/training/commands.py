@@ -28,7 +28,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, example: str) -> None:
     parser.add_argument("config", help=f"YAML run config, e.g. {example}")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides with dotted keys, e.g. steps=200 optim.lr=1e-3 (give them before "
-                             "any --option, or use python -m fourm.training.commands)")
+                             "any --option)")
     parser.add_argument("--resume", default=None, metavar="auto|PATH",
                         help="'auto': continue from the newest checkpoint in out_dir (start fresh if none); "
                              "or a checkpoint folder")

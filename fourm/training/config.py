@@ -130,7 +130,8 @@ class LoggingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """What every training run has (the fields of :class:`fourm.training.trainer.Trainer`).
+    """What every training run has (the fields of :class:`fourm.training.trainer.Trainer`); a
+    run config adds a ``data`` section with ``batch_size`` (per process and micro-batch).
 
     Args:
         out_dir: run folder: ``train_config.json``, ``metrics.jsonl``, ``checkpoints/`` and the

@@ -91,6 +91,9 @@ class TokenizerTrainConfig(RunConfig):
         super().__post_init__()
         if self.usage_window < 1:
             raise ConfigError(f"usage_window={self.usage_window}: must be >= 1")
+        if self.distributed.strategy != "ddp" or self.distributed.activation_checkpointing:
+            raise ConfigError("distributed.strategy=fsdp and distributed.activation_checkpointing are for FourM runs "
+                              "(their blocks are the units); a tokenizer trains with strategy ddp, without them")
         t = self.tokenizer
         if self.data.source == "photos" and t.kind != "rgb":
             raise ConfigError(f"data.source 'photos' gives rgb images only, but tokenizer {t.modality!r} stores "

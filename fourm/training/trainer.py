@@ -398,6 +398,7 @@ class Trainer:
                 "parameters": sum(p.numel() for p in acc.unwrap_model(self.model).parameters()),
                 "fused_adamw": bool(self.optimizer.defaults.get("fused")),
                 "activation_checkpointing": self.config.distributed.activation_checkpointing,
+                "global_batch": self.config.data.batch_size * self.world_size * self.config.optim.grad_accum,
                 "torch": torch.__version__, "accelerate": accelerate.__version__,
                 "torch_threads": torch.get_num_threads()}
 
