@@ -28,7 +28,8 @@ import torch
 from tqdm import tqdm
 
 from fourm.config import save_json_atomic
-from fourm.vq.evaluate import ReconstructionMetrics, decode_settings, decoder_for, parse_images, render_batch
+from fourm.evaluation.objects import parse_images
+from fourm.evaluation.reconstruction import ReconstructionMetrics, decode_settings, decoder_for, render_batch
 from fourm.vq.vqvae import ImageTokenizer
 
 

@@ -40,7 +40,7 @@ import torch
 import yaml
 
 from fourm.generation import Sampler, Target
-from fourm.modalities import shapes_world_modalities
+from fourm.data.shapes_modalities import shapes_world_modalities
 from fourm.models import FourM, FourMConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ import time
 import torch
 
 from fourm.masking import MaskingConfig, UnifiedMasking, all_to_all_component, rgb_to_all_component
-from fourm.modalities import ml4m_modalities, shapes_world_modalities
+from fourm.data.shapes_modalities import shapes_world_modalities
+from fourm.modalities import ml4m_modalities
 
 
 def samples_for(reg, batch_size: int, seed: int) -> dict:

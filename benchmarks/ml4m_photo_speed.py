@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fourm.compat.ml4m import config_from_ml4m, released_config
-from fourm.compat.ml4m_photo import run_photo
+from fourm.generation.photo import run_photo
 from fourm.compat.ml4m_tokenizer import ReferenceTokenizer
 from fourm.compat.ml4m_tokenizer_config import parse_config
 from fourm.models import FourM

@@ -1,17 +1,17 @@
-"""Training-step time of fourm's current loss path against its previous one, in one process.
+"""Training-step time with the reused CPU memory on and off (``FourM.set_cpu_memory_reuse``), in one process.
 
     .venv/bin/python benchmarks/model_step_ab.py --setting a --threads 2 --repeats 20
     .venv/bin/python benchmarks/model_step_ab.py --setting b --threads 2 --repeats 6 --profile
 
 Two twins with the same weights and batch (benchmarks/model_step.py's settings) take turns, so
 that load from other processes hits both alike:
-  previous: logits of every modality materialised, then ``F.cross_entropy`` (what
-            ``return_logits=True`` still does), table gradients zeroed in full every step;
-  current:  the fused head + cross-entropy (fourm.models.head_loss), table gradients clearing only
-            the rows written the step before.
+  off: plain PyTorch, fresh vocabulary-table gradients and logits every step
+       (``reuse_cpu_memory: false`` in a training config);
+  on:  fourm.models.cpu_memory: table and head gradients in memory kept from step to step (only
+       the rows written the step before cleared), the fused head + cross-entropy (the default).
 Prints both medians, their ratio, the median of per-pair ratios, the loss and parameter
 differences after the steps (same maths: float rounding only), and with ``--profile`` the op
-shares of the current path (torch.profiler, self CPU time).
+shares of each (torch.profiler, self CPU time).
 """
 from __future__ import annotations
 
@@ -24,20 +24,11 @@ from pathlib import Path
 
 import torch
 
-import fourm.models.embeddings as emb
 from fourm.modalities import ml4m_modalities
 from fourm.models import FourM, FourMConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model_step import SETTINGS, make_batch  # noqa: E402
-
-_ZEROS = emb.GradStore.zeros
-
-
-def _full_zeros(self: emb.GradStore, like: torch.Tensor) -> torch.Tensor:
-    self._rows = None  # forget the written rows: zero everything, as before
-    return _ZEROS(self, like)
-
 
 def _shares(prof) -> str:
     groups: dict[str, float] = defaultdict(float)
@@ -64,42 +55,39 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     reg = ml4m_modalities("4m7")
     cfg = FourMConfig(modalities=reg, **SETTINGS[args.setting])
-    models = {"previous": FourM(cfg), "current": FourM(cfg)}  # same seed: same weights
+    models = {"off": FourM(cfg), "on": FourM(cfg)}  # same seed: same weights
+    models["off"].set_cpu_memory_reuse(False)
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.05, fused=True) for k, m in models.items()}
     batch = make_batch(reg, 8, 128, 128)
     losses = {}
 
     def step(which: str) -> None:
         model, opt = models[which], opts[which]
-        emb.GradStore.zeros = _full_zeros if which == "previous" else _ZEROS
-        try:
-            loss = model(batch, 128, 128, return_logits=which == "previous").loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        finally:
-            emb.GradStore.zeros = _ZEROS
+        loss = model(batch, 128, 128).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         losses[which] = loss.item()
 
     for _ in range(args.warmup):
-        step("previous")
-        step("current")
-    times: dict[str, list[float]] = {"previous": [], "current": []}
+        step("off")
+        step("on")
+    times: dict[str, list[float]] = {"off": [], "on": []}
     for r in range(args.repeats):
-        for which in (("previous", "current") if r % 2 == 0 else ("current", "previous")):
+        for which in (("off", "on") if r % 2 == 0 else ("on", "off")):
             t0 = time.perf_counter()
             step(which)
             times[which].append(1000 * (time.perf_counter() - t0))
-    prev, cur = (statistics.median(times[k]) for k in ("previous", "current"))
-    pairs = statistics.median(a / b for a, b in zip(times["previous"], times["current"]))
-    pdiff = max((a - b).abs().max().item() for a, b in zip(models["previous"].parameters(), models["current"].parameters()))
+    prev, cur = (statistics.median(times[k]) for k in ("off", "on"))
+    pairs = statistics.median(a / b for a, b in zip(times["off"], times["on"]))
+    pdiff = max((a - b).abs().max().item() for a, b in zip(models["off"].parameters(), models["on"].parameters()))
     print(f"setting ({args.setting}) {SETTINGS[args.setting]}, {args.threads} threads, {args.repeats} pairs")
-    print(f"previous {prev:.1f} ms, current {cur:.1f} ms: {prev / cur:.2f}x (median of pair ratios {pairs:.2f}x)")
-    print(f"after {args.warmup + args.repeats} steps each: loss difference {abs(losses['previous'] - losses['current']):.1e}, "
+    print(f"reuse off {prev:.1f} ms, on {cur:.1f} ms: {prev / cur:.2f}x (median of pair ratios {pairs:.2f}x)")
+    print(f"after {args.warmup + args.repeats} steps each: loss difference {abs(losses['off'] - losses['on']):.1e}, "
           f"largest parameter difference {pdiff:.1e}")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
-        for which in ("previous", "current"):
+        for which in ("off", "on"):
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(3):
                     step(which)

@@ -5,7 +5,7 @@
 
 Each tokenizer folder is an rgb tokenizer (config.json + model.safetensors) or a folder with an
 ``rgb/`` subfolder. Each held-out photo (default: the ``holdout`` of configs/tokenizers/
-rgb_photos_64.yaml, fourm.vq.photos.DEFAULT_HOLDOUT) is centre-cropped to whole tiles of the
+rgb_photos_64.yaml, fourm.data.photos.DEFAULT_HOLDOUT) is centre-cropped to whole tiles of the
 tokenizer's training size (64 px), and every non-overlapping tile goes through
 ``decode(encode(tile))`` on its own: the tokenizers are used as 4M uses them, on images of the size
 they were trained at. PSNR per photo comes from the mean squared error over all its pixels (peak
@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 
 from fourm.config import save_json_atomic
-from fourm.vq.evaluate import evaluate_tokenizers
-from fourm.vq.photos import DEFAULT_HOLDOUT, check_photo_names, load_photo, psnr_from_mse, round_trip_photo
+from fourm.evaluation.reconstruction import evaluate_tokenizers
+from fourm.data.photos import DEFAULT_HOLDOUT, check_photo_names, load_photo
+from fourm.evaluation.reconstruction import psnr_from_mse, round_trip_photo
 from fourm.vq.vqvae import ImageTokenizer
 
 REPO = Path(__file__).resolve().parents[1]

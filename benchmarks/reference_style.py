@@ -1,7 +1,7 @@
 """The 4M reference's algorithm, run on FourM's own weights: a same-machine baseline.
 
 ``reference_style_loss(model, batch, N, M)`` computes FourM's loss the way apple/ml-4m's
-``FourM.forward`` does (reference-4m.md section 2.4), without the speed-ups of fourm.models:
+``FourM.forward`` does (ml-4m/fourm/models/fm.py), without the speed-ups of fourm.models:
 
 * every token of every modality is embedded, encoder and decoder side (sequences: all 2 x 257
   positions; image targets: ``token_emb`` of all 196 positions, then replaced by the mask token),

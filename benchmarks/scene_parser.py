@@ -13,7 +13,7 @@ import time
 from tqdm import tqdm
 
 from fourm.data.shapes_world import SHAPE_CLASSES, WorldConfig, render_scene
-from fourm.evaluation.metrics import scene_f1, shape_confusion
+from fourm.evaluation.objects import scene_f1, shape_confusion
 from fourm.evaluation.scene_parser import parse_scene
 
 HELD_OUT_SEED = 90210  # never used for training data or tests

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from fourm.config import load_config
-from fourm.vq.evaluate import render_batch
-from fourm.vq.train import TokenizerTrainConfig
-from fourm.vq.vqvae import ImageTokenizer, load_tokenizers
+from fourm.evaluation.reconstruction import render_batch
+from fourm.training.tokenizer_task import TokenizerTrainConfig
+from fourm.vq.loading import load_tokenizers
+from fourm.vq.vqvae import ImageTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

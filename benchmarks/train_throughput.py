@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from fourm.training.config import load_train_config
+from fourm.training import FourMTask, Trainer, load_train_config
 from fourm.training.synthetic import write_synthetic_token_shards
-from fourm.training.trainer import Trainer, to_device
+from fourm.training.trainer import to_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,13 +45,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = load_train_config(args.config, [f"out_dir={tmp}/run", f"data.train.shapes.shards={tmp}/tok",
                                                "val=null", *args.overrides])
-        write_synthetic_token_shards(f"{tmp}/tok", base.modalities.registry(), args.samples, shard_size=512)
+        write_synthetic_token_shards(f"{tmp}/tok", base.registry(), args.samples, shard_size=512)
         total = args.warmup + args.steps
         cfg = load_train_config(args.config, [
             f"out_dir={tmp}/run", f"data.train.shapes.shards={tmp}/tok", "val=null", f"threads={args.threads}",
             f"steps={max(base.steps, total)}", "checkpoint.every=1000000", "logging.progress=false",
             *args.overrides])
-        trainer = Trainer(cfg)
+        trainer = Trainer(FourMTask(cfg))
         trainer._open_logs()
         for _ in range(args.warmup):
             trainer.train_step()
@@ -75,7 +75,7 @@ def main() -> None:
         fb = []
         for _ in range(5):
             t = time.perf_counter()
-            trainer.compute_loss(batch).loss.backward()
+            trainer.compute_loss(batch).objective.backward()
             fb.append(time.perf_counter() - t)
         trainer.optimizer.zero_grad(set_to_none=True)
         trainer.close()

@@ -2,7 +2,9 @@
 
 Each subsystem owns its subcommands in a ``commands`` module with a ``register(subparsers)``
 function; this file only lists those modules, so the entry point stays small and each command's
-options live next to the code they drive.
+options live next to the code they drive. A group of subcommands that several modules fill
+(``fourm tokenizer train`` is the trainer's, ``fourm tokenizer eval`` the evaluation's) comes from
+:func:`command_group`.
 """
 from __future__ import annotations
 
@@ -14,13 +16,23 @@ from fourm.config import ConfigError
 
 # Modules that add subcommands, in the order they appear in ``fourm --help``.
 COMMAND_MODULES: tuple[str, ...] = (
-    "fourm.data.commands",  # fourm data shapes | show
-    "fourm.vq.commands",  # fourm tokenizer train | train-text | eval, fourm tokenize
-    "fourm.training.commands",  # fourm train
+    "fourm.data.commands",  # fourm data shapes | show, fourm tokenize
+    "fourm.training.commands",  # fourm train, fourm curve, fourm tokenizer train | train-text
     "fourm.generation.commands",  # fourm generate
-    "fourm.evaluation.commands",  # fourm eval
-    "fourm.demo",  # fourm demo
+    "fourm.evaluation.commands",  # fourm eval, fourm tokenizer eval
+    "fourm.evaluation.demo",  # fourm demo
 )
+
+
+def command_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """The subcommands of group ``name`` (``fourm NAME SUBCOMMAND``), created on first use."""
+    parser = subparsers.choices.get(name)
+    if parser is None:
+        parser = subparsers.add_parser(name, help=help)
+        group = parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+        group.required = True
+        parser.set_defaults(_subcommands=group)
+    return parser.get_default("_subcommands")
 
 
 def build_parser() -> argparse.ArgumentParser:

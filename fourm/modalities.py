@@ -5,10 +5,17 @@ image grid or a sequence, its vocabulary, how many token slots it has and whethe
 input, a target or both. The model builds one encoder and one decoder embedding per spec; the
 masking code reads token counts from it; the sampler picks a decoding scheme from ``kind``.
 
+A spec also names the data it comes from, so that no other code spells names by itself:
+
+| field          | meaning                                          | default (``tok_rgb`` / ``caption`` / pixels ``rgb``) |
+|----------------|--------------------------------------------------|------------------------------------------------------|
+| ``raw_field``  | field of raw shards (before tokenisation)        | ``rgb`` / ``caption`` / ``rgb``                      |
+| ``token_field``| field of token shards that training reads        | ``tok_rgb`` / ``tok_caption`` / ``rgb``              |
+| ``tokenizer``  | key of its tokenizer in ``load_tokenizers(dir)`` | ``rgb`` / ``text`` / none                            |
+
 Adding a modality is registering a spec::
 
-    reg = shapes_world_modalities()
-    reg.register(ModalitySpec("tok_normal", kind="image", vocab_size=256, grid=(8, 8)))
+    reg.register(ModalitySpec("tok_normal", kind="image", vocab_size=256, grid=(8, 8)))  # tokenizer "normal"
 
 There is no global registry: every model owns the one it was built with, and its config stores
 the specs, so a checkpoint always knows its own modalities.
@@ -17,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal, Mapping
 
 ModalityKind = Literal["image", "sequence", "pixels"]
 KINDS: tuple[str, ...] = ("image", "sequence", "pixels")
@@ -39,7 +46,13 @@ class ModalitySpec:
         in_channels: channels of a ``"pixels"`` input.
         encoder: can be an input.
         decoder: can be a target.
-        tokenizer: name of the tokenizer that turns raw data into these tokens (informational).
+        tokenizer: key of the tokenizer that turns raw data into these tokens (a subfolder of a
+            ``load_tokenizers`` folder); default ``raw_field`` for images, ``"text"`` for
+            sequences, none for pixels.
+        raw_field: field of raw shards and raw generation inputs (``rgb`` for ``tok_rgb``);
+            default: the name without ``tok_`` and ``@size`` (images), the name (others).
+        token_field: field of token shards that training reads; default the name with ``tok_``
+            in front when it lacks it (``caption`` -> ``tok_caption``); pixels: ``raw_field``.
     """
 
     name: str
@@ -52,12 +65,21 @@ class ModalitySpec:
     encoder: bool = True
     decoder: bool = True
     tokenizer: str | None = None
+    raw_field: str | None = None
+    token_field: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"modality name must be a non-empty string, got {self.name!r}")
         if self.kind not in KINDS:
             raise ValueError(f"modality {self.name!r}: unknown kind {self.kind!r}; allowed: {', '.join(KINDS)}")
+        for key, value in default_fields(self.name, self.kind).items():
+            given = getattr(self, key)
+            if given is None:
+                object.__setattr__(self, key, value)
+            elif not isinstance(given, str) or not given or "." in given or "/" in given:
+                raise ValueError(f"modality {self.name!r}: {key}={given!r}; must be a non-empty name without "
+                                 "'.' or '/' (shard members are <key>.<field>.<ext>)")
         if self.grid is not None:
             object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
         if self.kind in ("image", "pixels"):
@@ -111,6 +133,32 @@ class ModalitySpec:
         return cls(**d)
 
 
+TOKEN_PREFIX = "tok_"
+TEXT_TOKENIZER = "text"  # the tokenizer of every sequence unless a spec names another
+
+
+def token_field_for(raw_field: str) -> str:
+    """The token field of a raw field by the naming convention: ``normal`` -> ``tok_normal``."""
+    return TOKEN_PREFIX + raw_field
+
+
+def default_fields(name: str, kind: str) -> dict[str, str | None]:
+    """The naming convention of raw field, token field and tokenizer for a modality without them.
+
+    ``tok_rgb`` (image) reads raw ``rgb`` with tokenizer ``rgb`` and trains on ``tok_rgb``;
+    ``caption`` (sequence) reads raw ``caption`` with tokenizer ``text`` and trains on
+    ``tok_caption``; pixels ``rgb`` read and train on ``rgb``. This and :func:`token_field_for`
+    are the only places that spell one name from another: everything else asks the spec.
+    """
+    token = name if name.startswith(TOKEN_PREFIX) else token_field_for(name)
+    if kind == "image":
+        raw = name.removeprefix(TOKEN_PREFIX).split("@")[0]
+        return {"tokenizer": raw, "raw_field": raw, "token_field": token}
+    if kind == "sequence":
+        return {"tokenizer": TEXT_TOKENIZER, "raw_field": name, "token_field": token}
+    return {"tokenizer": None, "raw_field": name, "token_field": name}
+
+
 @dataclass
 class ModalityRegistry:
     """An ordered set of modality specs; the order is the model's modality order."""
@@ -157,6 +205,30 @@ class ModalityRegistry:
         return [s.to_dict() for s in self]
 
     @classmethod
+    def from_mapping(cls, specs: Mapping[str, Any], where: str = "modalities") -> "ModalityRegistry":
+        """The registry of a config section ``{name: spec fields}`` (YAML), in its order.
+
+        Raises:
+            ValueError: naming ``where.<name>`` and what is wrong with it.
+        """
+        if not specs:
+            raise ValueError(f"{where} is empty; list the modalities by name, e.g. "
+                             f"{where}: {{tok_rgb: {{kind: image, vocab_size: 1024, grid: [8, 8]}}, ...}}")
+        reg = cls()
+        for name, fields_ in specs.items():
+            if not isinstance(fields_, Mapping):
+                raise ValueError(f"{where}.{name}: expected the fields of a modality (kind, vocab_size, grid, "
+                                 f"max_length ...), got {fields_!r}; each entry is one modality by name, e.g. "
+                                 "tok_rgb: {kind: image, vocab_size: 1024, grid: [8, 8]} (see configs/fm/shapes_tiny.yaml)")
+            if "name" in fields_:
+                raise ValueError(f"{where}.{name}: 'name' is the key of the entry; remove it")
+            try:
+                reg.register(ModalitySpec.from_dict({"name": name, **fields_}))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}.{name}: {e}") from None
+        return reg
+
+    @classmethod
     def from_list(cls, items: Iterable[dict | ModalitySpec]) -> "ModalityRegistry":
         reg = cls()
         for it in items:
@@ -186,48 +258,7 @@ def pixels_to_float(pixels):
     return x
 
 
-def shapes_world_modalities(
-    image_size: int = 64,
-    downsample: int = 8,
-    image_vocab: dict[str, int] | None = None,
-    text_vocab: int = 4096,
-    caption_length: int = 64,
-    det_length: int = 64,
-    rgb_patch_size: int | None = None,
-) -> ModalityRegistry:
-    """The ShapesWorld modalities: three image-token grids, caption, det and rgb pixels.
-
-    Args:
-        image_size: side of the images in pixels (a multiple of ``downsample``).
-        downsample: pixels per token side of the image tokenizers (8 gives 8 x 8 tokens at 64 px).
-        image_vocab: codebook size per image modality (defaults: tok_rgb 1024, tok_depth 512,
-            tok_semseg 256).
-        text_vocab: vocabulary of the WordPiece tokenizer shared by caption and det.
-        caption_length, det_length: maximum sequence lengths in tokens.
-        rgb_patch_size: patch side of the input-only rgb pixel embedding (default ``downsample``).
-    """
-    if image_size % downsample:
-        raise ValueError(f"image_size={image_size} must be a multiple of downsample={downsample}")
-    vocab = {"tok_rgb": 1024, "tok_depth": 512, "tok_semseg": 256}
-    if image_vocab:
-        unknown = sorted(set(image_vocab) - set(vocab))
-        if unknown:
-            raise ValueError(f"image_vocab: unknown modalities {unknown}; known: {sorted(vocab)}")
-        vocab.update(image_vocab)
-    g = image_size // downsample
-    p = rgb_patch_size or downsample
-    if image_size % p:
-        raise ValueError(f"image_size={image_size} must be a multiple of rgb_patch_size={p}")
-    reg = ModalityRegistry()
-    for name in ("tok_rgb", "tok_depth", "tok_semseg"):
-        reg.register(ModalitySpec(name, "image", vocab_size=vocab[name], grid=(g, g), tokenizer=name.removeprefix("tok_")))
-    reg.register(ModalitySpec("caption", "sequence", vocab_size=text_vocab, max_length=caption_length, tokenizer="text"))
-    reg.register(ModalitySpec("det", "sequence", vocab_size=text_vocab, max_length=det_length, tokenizer="text"))
-    reg.register(ModalitySpec("rgb", "pixels", grid=(image_size // p, image_size // p), patch_size=p, decoder=False))
-    return reg
-
-
-# Released 4M vocabularies (reference-4m.md section 4).
+# Released 4M vocabularies (ml-4m/fourm/data/modality_info.py).
 _ML4M_7 = {
     "tok_rgb@224": 16384,
     "tok_depth@224": 8192,

@@ -8,7 +8,7 @@ import torch
 from conftest import REPO
 from fourm.data import shapes_world as sw
 from fourm.vq.boxes import boxes_to_ids, parse_boxes
-from fourm.vq.vqvae import load_tokenizers
+from fourm.vq.loading import load_tokenizers
 
 BUNDLE = REPO / "tokenizers" / "shapes64"
 

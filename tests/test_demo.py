@@ -6,7 +6,7 @@ import json
 from PIL import Image
 
 from fourm.cli import main
-from fourm.modalities import shapes_world_modalities
+from fourm.data.shapes_modalities import shapes_world_modalities
 from fourm.models import FourM, FourMConfig
 
 

@@ -12,14 +12,16 @@ from PIL import Image
 from conftest import REPO
 from fourm.cli import main
 from fourm.data.shapes_world import parse_caption, render_scene
-from fourm.evaluation import task_metrics as tm
+from fourm.evaluation.dense import depth_scores, semseg_scores
+from fourm.evaluation.detection import average_precision, detection_map
+from fourm.evaluation.objects import layout_scores, object_triples, triple_f1
 from fourm.evaluation.benchmark import TASKS, box_scores, parse_tasks, run_benchmark
 from fourm.evaluation.report import TABLE_METRICS, task_title
 from fourm.masking.spans import EOS_ID, sentinel_id
-from fourm.modalities import shapes_world_modalities
+from fourm.data.shapes_modalities import shapes_world_modalities
 from fourm.models import FourM, FourMConfig
 from fourm.vq.boxes import boxes_to_ids
-from fourm.vq.vqvae import load_tokenizers
+from fourm.vq.loading import load_tokenizers
 
 TOKENIZERS = REPO / "tokenizers" / "shapes64"
 
@@ -52,50 +54,50 @@ def test_semseg_scores():
     gt = np.zeros((8, 8), np.uint8)
     gt[4:] = 1
     gt[5:7, 2:4] = 3
-    assert tm.semseg_scores([gt, gt], [gt, gt])["miou"] == 1.0
+    assert semseg_scores([gt, gt], [gt, gt])["miou"] == 1.0
     swapped = np.where(gt == 0, 1, np.where(gt == 1, 0, 2))  # sky <-> ground, the object becomes another class
-    out = tm.semseg_scores([swapped], [gt])
+    out = semseg_scores([swapped], [gt])
     assert out["miou"] == 0.0 and out["pixel_accuracy"] == 0.0
     half = gt.copy()
     half[5:7, 2:3] = 1  # half of the object lost to ground: object IoU 1/2, ground IoU 28/30
-    assert tm.semseg_scores([half], [gt])["miou"] == pytest.approx((1 + 28 / 30 + 1 / 2) / 3)
+    assert semseg_scores([half], [gt])["miou"] == pytest.approx((1 + 28 / 30 + 1 / 2) / 3)
     with pytest.raises(ValueError, match="class ids must lie in"):
-        tm.semseg_scores([gt + 10], [gt])
+        semseg_scores([gt + 10], [gt])
 
 
 def test_depth_scores():
     gt = np.linspace(1, 50, 64, dtype=np.float32).reshape(8, 8)
     valid = np.ones((8, 8), bool)
     valid[:2] = False
-    same = tm.depth_scores([gt], [gt], [valid])
+    same = depth_scores([gt], [gt], [valid])
     assert same["abs_rel"] == 0.0 and same["delta1"] == 1.0
-    double = tm.depth_scores([gt * 2], [gt], [valid])
+    double = depth_scores([gt * 2], [gt], [valid])
     assert double["abs_rel"] == pytest.approx(1.0) and double["delta1"] == 0.0
     sky_only_wrong = gt.copy()
     sky_only_wrong[:2] = 1000.0  # invalid pixels are not scored
-    assert tm.depth_scores([sky_only_wrong], [gt], [valid])["abs_rel"] == 0.0
+    assert depth_scores([sky_only_wrong], [gt], [valid])["abs_rel"] == 0.0
 
 
 BOXES = [{"box": [0.1, 0.5, 0.3, 0.7], "class": "circle"}, {"box": [0.5, 0.4, 0.9, 0.8], "class": "square"}]
 
 
 def test_detection_map():
-    assert tm.detection_map([BOXES], [BOXES])["map"] == 1.0
+    assert detection_map([BOXES], [BOXES])["map"] == 1.0
     wrong_class = [dict(b, **{"class": "triangle"}) for b in BOXES]
-    assert tm.detection_map([wrong_class], [BOXES])["map"] == 0.0
+    assert detection_map([wrong_class], [BOXES])["map"] == 0.0
     shifted = [{"box": [b["box"][0] + 0.15, *b["box"][1:]], "class": b["class"]} for b in BOXES[:1]]
-    assert tm.detection_map([shifted], [BOXES[:1]])["map"] == 0.0  # IoU 0.2 / 0.35 < 0.5
+    assert detection_map([shifted], [BOXES[:1]])["map"] == 0.0  # IoU 0.2 / 0.35 < 0.5
     # a confident hit and an unsure duplicate: the duplicate comes after full recall, AP stays 1
     dup = [dict(BOXES[0], score=0.9), dict(BOXES[0], score=0.1)]
-    assert tm.detection_map([dup], [BOXES[:1]])["map"] == 1.0
+    assert detection_map([dup], [BOXES[:1]])["map"] == 1.0
     # a confident false positive before the hit halves the precision at full recall
     fp_first = [{"box": [0.7, 0.0, 0.8, 0.1], "class": "circle", "score": 0.9}, dict(BOXES[0], score=0.1)]
-    assert tm.detection_map([fp_first], [BOXES[:1]])["map"] == pytest.approx(0.5)
+    assert detection_map([fp_first], [BOXES[:1]])["map"] == pytest.approx(0.5)
     # no scores: one operating point, precision 1/2 at recall 1
     unscored = [{"box": [0.7, 0.0, 0.8, 0.1], "class": "circle"}, BOXES[0]]
-    assert tm.detection_map([unscored], [BOXES[:1]])["map"] == pytest.approx(0.5)
+    assert detection_map([unscored], [BOXES[:1]])["map"] == pytest.approx(0.5)
     # mAP averages the classes with ground truth: circle found, square missed
-    assert tm.detection_map([BOXES[:1]], [BOXES])["map"] == pytest.approx(0.5)
+    assert detection_map([BOXES[:1]], [BOXES])["map"] == pytest.approx(0.5)
 
 
 def test_average_precision_against_a_simple_reference():
@@ -109,18 +111,18 @@ def test_average_precision_against_a_simple_reference():
         order = np.argsort(-scores)
         prec = np.cumsum(hits[order]) / (np.arange(n) + 1)
         ref = sum(prec[i:].max() for i in range(n) if hits[order][i]) / num_gt
-        assert tm.average_precision(scores, hits, num_gt) == pytest.approx(ref)
+        assert average_precision(scores, hits, num_gt) == pytest.approx(ref)
 
 
 def test_triple_f1():
     gt = [("small", "red", "circle"), ("large", "blue", "square")]
-    assert tm.triple_f1([gt], [gt])["f1"] == 1.0
-    assert tm.triple_f1([[("small", "green", "triangle")]], [gt])["f1"] == 0.0
-    assert tm.triple_f1([[]], [gt])["f1"] == 0.0
+    assert triple_f1([gt], [gt])["f1"] == 1.0
+    assert triple_f1([[("small", "green", "triangle")]], [gt])["f1"] == 0.0
+    assert triple_f1([[]], [gt])["f1"] == 0.0
     wrong_size = [("large", "red", "circle"), (None, "blue", "square")]
-    out = tm.triple_f1([wrong_size], [gt])
+    out = triple_f1([wrong_size], [gt])
     assert out["f1"] == 0.0 and out["f1_colour_shape"] == 1.0
-    half = tm.triple_f1([gt[:1]], [gt])
+    half = triple_f1([gt[:1]], [gt])
     assert half["precision"] == 1.0 and half["recall"] == 0.5 and half["f1"] == pytest.approx(2 / 3)
 
 
@@ -128,20 +130,20 @@ def test_caption_triples_match_scene_objects():
     """The caption names every object with its size: its triples are the scene's objects."""
     for i in range(20):
         s = render_scene(3, i)
-        assert tm.triple_f1([parse_caption(s["caption"])], [tm.object_triples(s["objects"])])["f1"] == 1.0
+        assert triple_f1([parse_caption(s["caption"])], [object_triples(s["objects"])])["f1"] == 1.0
 
 
 def test_layout_scores():
     parsed = [{"box": b["box"], "shape": b["class"]} for b in BOXES]
-    out = tm.layout_scores([parsed], [BOXES])
+    out = layout_scores([parsed], [BOXES])
     assert out["box_iou"] == 1.0 and out["shape_accuracy"] == 1.0 and out["num_matched"] == 2
     wrong_shape = [{"box": b["box"], "shape": "diamond"} for b in BOXES]
-    out = tm.layout_scores([wrong_shape], [BOXES])
+    out = layout_scores([wrong_shape], [BOXES])
     assert out["box_iou"] == 1.0 and out["shape_accuracy"] == 0.0
     far = [{"box": [0.0, 0.0, 0.05, 0.05], "shape": "circle"}]
-    out = tm.layout_scores([far, []], [BOXES, BOXES])
+    out = layout_scores([far, []], [BOXES, BOXES])
     assert out["box_iou"] == 0.0 and out["shape_accuracy"] == 0.0 and out["num_reference"] == 4
-    one = tm.layout_scores([parsed[:1]], [BOXES])
+    one = layout_scores([parsed[:1]], [BOXES])
     assert one["box_iou"] == 0.5 and one["shape_accuracy"] == 0.5
 
 

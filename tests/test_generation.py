@@ -8,7 +8,7 @@ from fourm.generation import Chain, Condition, Sampler, Target, edit, inpaint
 from fourm.generation.kv_cache import IncrementalDecoder
 from fourm.generation.schedules import token_counts
 from fourm.masking.spans import EOS_ID, sentinel_id
-from fourm.modalities import shapes_world_modalities
+from fourm.data.shapes_modalities import shapes_world_modalities
 from fourm.models import FourM, FourMConfig
 
 L = 16  # 4 x 4 token grids

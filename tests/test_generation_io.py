@@ -15,10 +15,10 @@ from fourm.generation import Chain, Sampler, Target, add_boxes, decode_state, dr
 from fourm.generation import commands
 from fourm.generation.decode import class_colour, text_tile
 from fourm.masking.spans import EOS_ID, sentinel_id
-from fourm.modalities import shapes_world_modalities
+from fourm.data.shapes_modalities import shapes_world_modalities
 from fourm.models import FourM, FourMConfig
 from fourm.vq.boxes import boxes_to_ids
-from fourm.vq.vqvae import load_tokenizers
+from fourm.vq.loading import load_tokenizers
 
 REPO = Path(__file__).resolve().parents[1]
 BOX = {"box": [0.1, 0.2, 0.4, 0.6], "class": "circle"}
@@ -179,7 +179,8 @@ def test_generate_command_errors(model, tmp_path, capsys, argv, match):
 def test_rgb_pixel_input_takes_images_as_stored():
     """A model with the rgb pixel modality: uint8 rgb (channels last or first, PIL) is normalised as in training."""
     from fourm.generation.inputs import build_state
-    from fourm.modalities import pixels_to_float, shapes_world_modalities
+    from fourm.data.shapes_modalities import shapes_world_modalities
+    from fourm.modalities import pixels_to_float
 
     specs = {s.name: s for s in shapes_world_modalities(image_size=64, downsample=8).subset(["rgb", "tok_rgb"])}
     hwc = render_scene(0, 3)["rgb"]  # (64, 64, 3) uint8

@@ -27,7 +27,8 @@ from fourm.masking import (
 )
 from fourm.masking.budgets import sample_dirichlet, sample_log_gamma, split_tokens
 from fourm.masking.spans import KEEP_DECAY, is_sentinel, sample_span_masks, truncate_target
-from fourm.modalities import ModalitySpec, ml4m_modalities, shapes_world_modalities
+from fourm.data.shapes_modalities import shapes_world_modalities
+from fourm.modalities import ml4m_modalities
 
 S1 = sentinel_id(1)
 IMAGES = ("tok_rgb", "tok_depth", "tok_semseg")

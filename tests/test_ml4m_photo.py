@@ -12,7 +12,7 @@ from PIL import Image
 
 from fourm.cli import main as cli
 from fourm.compat.ml4m import load_ml4m
-from fourm.compat.ml4m_photo import check_vocab, picture, restrict_vocab, run_photo, save_photo_result
+from fourm.generation.photo import check_vocab, picture, restrict_vocab, run_photo, save_photo_result
 from fourm.compat.ml4m_tokenizer import load_reference_tokenizers
 from fourm.generation import Target
 

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fourm.modalities import ModalitySpec, shapes_world_modalities
+from fourm.data.shapes_modalities import shapes_world_modalities
+from fourm.modalities import ModalitySpec
 from fourm.models import FourM, FourMConfig, MODEL_SIZES, attention, select_tokens
 
 IMAGE = 32  # 4 x 4 token grids keep every test fast
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_registry():
@@ -91,13 +94,10 @@ def test_every_parameter_gets_a_finite_gradient():
     assert set(out.mod_losses) == {"tok_rgb", "tok_depth", "tok_semseg", "caption", "det"}
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    # the decoder token_emb of image modalities is unused by design (image targets read the mask
-    # token); it exists so that reference checkpoints load
-    unused = {f"decoder_embeddings.{n}.token_emb.weight" for n in ("tok_rgb", "tok_depth", "tok_semseg")}
+    # image targets read the mask token: they have no token table (the reference's unused one is
+    # added by fourm.compat.ml4m only)
+    assert not any(n.startswith("decoder_embeddings.tok_") and "token_emb" in n for n, _ in model.named_parameters())
     for name, p in model.named_parameters():
-        if name in unused:
-            assert p.grad is None, name
-            continue
         assert p.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
         assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
@@ -121,16 +121,20 @@ def test_logits_only_for_target_rows_and_loss_is_mean_of_modalities():
     torch.testing.assert_close(out.loss, torch.stack(list(out.mod_losses.values())).mean())
 
 
-def test_modalities_without_targets_leave_the_mean_unless_asked():
+def test_modalities_without_targets_leave_the_mean_and_the_reference_counts_them():
+    from fourm.compat.ml4m import reference_mod_losses
+
     reg = tiny_registry()
     model = FourM(tiny_config(reg))
     batch = make_batch(reg)
     batch["det"]["is_target"] = torch.zeros_like(batch["det"]["is_target"])
     n_in, n_out = slots(batch, model)
     fixed = model(batch, n_in, n_out)
-    ref = model(batch, n_in, n_out, count_empty_modalities=True)
-    assert "det" not in fixed.mod_losses and ref.mod_losses["det"].item() == 0.0
-    torch.testing.assert_close(ref.loss, fixed.loss * 4 / 5)
+    assert "det" not in fixed.mod_losses
+    torch.testing.assert_close(fixed.loss, torch.stack(list(fixed.mod_losses.values())).mean())
+    ref = reference_mod_losses(model(batch, n_in, n_out, return_logits=True))  # the reference: det counts as 0
+    assert ref["det"].item() == 0.0 and list(ref) == ["tok_rgb", "tok_depth", "tok_semseg", "caption", "det"]
+    torch.testing.assert_close(torch.stack(list(ref.values())).mean(), fixed.loss * 4 / 5)
 
 
 def test_missing_modalities_are_absent_and_unknown_ones_raise():
@@ -234,6 +238,32 @@ def test_save_and_load_round_trip(tmp_path):
     assert not list((tmp_path / "ckpt").glob("*.tmp"))
 
 
+def test_version_1_files_with_the_unused_image_tables_load(tmp_path):
+    """Format 1 also stored a token table per image target, which the forward never read (the
+    bundled model is such a file); loading drops exactly those tables. Format 2 has none."""
+    from safetensors.torch import load_file, save_file
+
+    reg = tiny_registry()
+    model = FourM(tiny_config(reg), seed=3)
+    model.save_pretrained(tmp_path / "v2")
+    tensors = load_file(str(tmp_path / "v2" / "model.safetensors"))
+    assert not any("token_emb" in k and k.startswith("decoder_embeddings.tok_") for k in tensors)
+    image_targets = [m.name for m in reg if m.kind == "image"]
+    old = {**tensors, **{f"decoder_embeddings.{n}.token_emb.weight": torch.randn(reg[n].vocab_size, 32)
+                         for n in image_targets}}
+    (tmp_path / "v1").mkdir()
+    save_file(old, str(tmp_path / "v1" / "model.safetensors"))
+    cfg = json.loads((tmp_path / "v2" / "config.json").read_text())
+    (tmp_path / "v1" / "config.json").write_text(json.dumps({**cfg, "format_version": 1}))
+    loaded = FourM.from_pretrained(tmp_path / "v1")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in tensors.items())
+    bundled = json.loads((REPO / "models" / "shapes_bundled" / "config.json").read_text())
+    assert bundled["format_version"] == 1 and FourM.from_pretrained(REPO / "models" / "shapes_bundled").config.dim == 192
+    (tmp_path / "v2" / "model.safetensors").write_bytes((tmp_path / "v1" / "model.safetensors").read_bytes())
+    with pytest.raises(KeyError, match="unexpected"):  # format 2 files are read strictly
+        FourM.from_pretrained(tmp_path / "v2")
+
+
 def test_strict_load_rejects_missing_keys_and_unequal_aliases():
     model = FourM(tiny_config())
     state = dict(model.state_dict())
@@ -291,46 +321,6 @@ def test_gelu_bias_and_qk_norm_variants_run():
     loss = model(batch, *slots(batch, model)).loss
     loss.backward()
     assert math.isfinite(loss.item())
-
-
-def test_reused_gradient_memory_gives_autograd_gradients():
-    from fourm.models.embeddings import GradStore, head, lookup
-
-    g = torch.Generator().manual_seed(0)
-    table, lin = torch.nn.Embedding(50, 8, padding_idx=0), torch.nn.Linear(8, 50, bias=False)
-    store, hstore = GradStore(), GradStore()
-
-    def grads(ids, h, fast: bool):
-        table.weight.grad = lin.weight.grad = None
-        emb = lookup(table, ids, store) if fast else table(ids)
-        logits = head(lin, h, hstore) if fast else lin(h)
-        ((emb * emb.detach().flip(0)).sum() + logits.square().sum()).backward()
-        return table.weight.grad, lin.weight.grad
-
-    for step in range(3):
-        ids = torch.randint(0, 50, (30,), generator=g)
-        ids[:3] = torch.tensor([0, 7, 7])  # padding and duplicates
-        h = torch.randn(30, 8, generator=g)
-        ref = [t.clone() for t in grads(ids, h, fast=False)]
-        kept = grads(ids, h, fast=True)
-        torch.testing.assert_close(kept[0], ref[0])
-        torch.testing.assert_close(kept[1], ref[1])
-        assert kept[0][0].abs().sum() == 0  # the padding row gets no gradient
-        if step == 0:
-            held = [t.clone() for t in kept]  # a reference kept by the user is never overwritten
-            held_refs = kept
-        else:
-            assert all(torch.equal(a, b) for a, b in zip(held_refs, held))
-    del held_refs, kept
-    # with nothing else holding it, the memory is handed out again (no new allocation)
-    table.weight.grad = None
-    ptr = store.buf.data_ptr()
-    lookup(table, ids, store).sum().backward()
-    assert table.weight.grad.data_ptr() == ptr
-    # accumulation into an existing gradient stays correct
-    before = table.weight.grad.clone()
-    lookup(table, ids, store).sum().backward()
-    torch.testing.assert_close(table.weight.grad, 2 * before)
 
 
 def test_model_trains_on_masking_output():

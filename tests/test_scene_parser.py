@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from fourm.data.shapes_world import COLOURS, SHAPE_CLASSES, render_scene, silhouette_sdf
-from fourm.evaluation.metrics import box_iou, match_objects, scene_f1, shape_confusion
+from fourm.evaluation.detection import box_iou
+from fourm.evaluation.objects import match_objects, scene_f1, shape_confusion
 from fourm.evaluation.scene_parser import ParsedObject, colour_map, label_components, parse_scene
 
 SEED = 123  # not a seed the other tests train or look at

@@ -27,25 +27,37 @@ from fourm.masking import UnifiedMasking
 from fourm.generation import Sampler, Target
 from fourm.modalities import ModalitySpec
 from fourm.models import FourM
+from fourm.config import load_yaml
+from fourm.models import Block, DecoderBlock
 from fourm.training import checkpoint as ckpt
-from fourm.training.config import load_train_config
-from fourm.training.data import MixtureStream, count_slots, default_field
-from fourm.training.optim import WarmupCosine, clean_name, no_decay_names, param_groups
+from fourm.training.data import MixtureStream, count_slots
+from fourm.training.distributed import apply_activation_checkpointing
+from fourm.training.fourm_config import load_train_config
+from fourm.training.fourm_task import FourMTask, load_initial_weights, no_decay_names, train
+from fourm.training.optim import WarmupCosine, clean_name, param_groups
 from fourm.training.synthetic import synthetic_sample, truncate_file, write_synthetic_token_shards
-from fourm.training.trainer import NonFiniteLossError, Trainer, apply_activation_checkpointing, train
+from fourm.training.trainer import NonFiniteLossError, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "fm" / "shapes_tiny.yaml"
 STEPS = 40  # 96 samples / batch 8 = 12 micro-batches per epoch: the runs cross three epochs
 
 
-def tiny(out: Path, tok: Path, *overrides: str):
-    return load_train_config(TINY, [f"out_dir={out}", f"data.train.shapes.shards={tok}", "threads=1",
-                                    "logging.progress=false", *overrides])
+def tiny(out: Path, tok: Path, *overrides: str, drop: tuple[str, ...] = ()):
+    """The tiny run; ``drop``: modalities removed from its ``modalities`` section."""
+    base = load_yaml(TINY)
+    for name in drop:
+        del base["modalities"][name]
+    return load_train_config(None, [f"out_dir={out}", f"data.train.shapes.shards={tok}", "threads=1",
+                                    "logging.progress=false", *overrides], base=base)
+
+
+def trainer_of(cfg, resume: str | None = None) -> Trainer:
+    return Trainer(FourMTask(cfg), resume=resume)
 
 
 def registry():
-    return load_train_config(TINY, ["data.train.shapes.shards=unused"]).modalities.registry()
+    return load_train_config(TINY, ["data.train.shapes.shards=unused"]).registry()
 
 
 def metrics(out: Path, split: str = "train") -> list[dict]:
@@ -89,7 +101,7 @@ def test_config_rejects_unknown_keys_and_bad_combinations(tmp_path, tok):
     with pytest.raises(ConfigError, match="unknown key"):
         tiny(tmp_path, tok, "masking.components=[{name: a, input_alpha: {tok_rgb: 1.0}}]")
     with pytest.raises(ConfigError, match="masking.modalities: 'det' is not a model modality"):
-        tiny(tmp_path, tok, "modalities.names=[tok_rgb, tok_depth, tok_semseg, caption]")
+        tiny(tmp_path, tok, drop=("det",))
     with pytest.raises(ConfigError, match="warmup_steps=50 exceeds steps=20"):
         tiny(tmp_path, tok, "optim.warmup_steps=50")
     with pytest.raises(ConfigError, match="batch_size=0"):
@@ -97,18 +109,21 @@ def test_config_rejects_unknown_keys_and_bad_combinations(tmp_path, tok):
     cfg = tiny(tmp_path, tok, "optim.lr=3e-4", "data.train.shapes.weight=2")
     assert cfg.optim.lr == 3e-4 and cfg.data.train["shapes"].weight == 2.0
     # the token shards' metadata.json says tok_rgb has 1024 codes: a smaller model vocabulary is refused
-    with pytest.raises(ConfigError, match=r"set modalities.image_vocab.tok_rgb=1024"):
-        Trainer(tiny(tmp_path, tok, "modalities.image_vocab.tok_rgb=512"))
+    with pytest.raises(ConfigError, match=r"set modalities.tok_rgb.vocab_size=1024"):
+        trainer_of(tiny(tmp_path, tok, "modalities.tok_rgb.vocab_size=512"))
 
 
 def test_rgb_pixel_input_trains_from_token_shards(tmp_path):
     """The bundled config's shape: rgb pixels stored in the token shards feed the patch embedding."""
-    pixel_cfg = ["modalities.names=[rgb, tok_rgb, tok_depth, tok_semseg, caption, det]",
+    pixel_cfg = ["modalities={rgb: {kind: pixels, grid: [8, 8], patch_size: 8, decoder: false}, "
+                 "tok_rgb: {kind: image, vocab_size: 1024, grid: [8, 8]}, tok_depth: {kind: image, vocab_size: 512, "
+                 "grid: [8, 8]}, tok_semseg: {kind: image, vocab_size: 256, grid: [8, 8]}, caption: {kind: sequence, "
+                 "vocab_size: 4096, max_length: 32}, det: {kind: sequence, vocab_size: 4096, max_length: 32}}",
                  "masking={modalities: [rgb, tok_rgb, tok_depth, tok_semseg, caption, det], num_input_tokens: 32, "
                  "num_target_tokens: 32, components: [{name: rgb2all, input_alphas: {rgb: 1000.0}, "
                  "target_alphas: {tok_depth: 0.5, tok_semseg: 0.5, caption: 0.5, det: 0.5}}]}"]
     shards = tmp_path / "tok"
-    reg = load_train_config(TINY, ["data.train.shapes.shards=unused", *pixel_cfg]).modalities.registry()
+    reg = load_train_config(TINY, ["data.train.shapes.shards=unused", *pixel_cfg]).registry()
     write_synthetic_token_shards(shards, reg, num_samples=16, shard_size=16, seed=0)
     sample = next(iter(ShardDataset(shards)))
     assert sample["rgb"].dtype == torch.uint8 and tuple(sample["rgb"].shape) == (3, 64, 64)
@@ -132,7 +147,7 @@ def test_cli_reports_config_errors(tmp_path, tok, capsys):
 def test_param_groups_and_schedule():
     model = FourM(tiny(Path("x"), Path("y")).model.fourm_config(registry()))
     names = {id(p): n for n, p in model.named_parameters()}
-    decay, no_decay = param_groups(model, 0.05)
+    decay, no_decay = param_groups(model, 0.05, no_decay_names(model))
     assert {g["name"] for g in (decay, no_decay)} == {"decay", "no_decay"}
     no = {names[id(p)] for p in no_decay["params"]}
     yes = {names[id(p)] for p in decay["params"]}
@@ -140,13 +155,13 @@ def test_param_groups_and_schedule():
     assert any(n.endswith("norm1.weight") for n in no) and any(n.endswith("decoder_proj_context.bias") for n in no)
     assert any(n.endswith("attn.qkv.weight") for n in yes) and any(n.endswith("token_emb.weight") for n in yes)
     assert len(no) + len(yes) == len(list(model.parameters()))  # every parameter once
-    _, no2 = param_groups(model, 0.05, decay_embeddings=False)
+    _, no2 = param_groups(model, 0.05, no_decay_names(model, decay_embeddings=False))
     assert any(names[id(p)].endswith("token_emb.weight") for p in no2["params"])
     # wrapped blocks (names gain a segment; FSDP would also flatten shapes): same groups from the bare names
     bare = no_decay_names(model)
-    apply_activation_checkpointing(model)
+    apply_activation_checkpointing(model, (Block, DecoderBlock))
     assert any("_checkpoint_wrapped_module" in n for n, _ in model.named_parameters())
-    _, no3 = param_groups(model, 0.05, no_decay=bare)
+    _, no3 = param_groups(model, 0.05, bare)
     assert {clean_name(n) for n, p in model.named_parameters() if any(p is q for q in no3["params"])} == no
 
     f = WarmupCosine(total_steps=100, warmup_steps=10, min_ratio=0.1)
@@ -164,7 +179,7 @@ def test_exact_resume_is_bitwise(tmp_path, tok, straight):
     assert first.stopped_by == "until_step" and first.step == half
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [half]
     with pytest.raises(FileExistsError, match="--resume auto"):
-        Trainer(tiny(tmp_path, tok, f"steps={STEPS}", "checkpoint.every=100"))
+        trainer_of(tiny(tmp_path, tok, f"steps={STEPS}", "checkpoint.every=100"))
     # the second half with DataLoader workers: masks and order must not depend on them
     second = train(tiny(tmp_path, tok, f"steps={STEPS}", "checkpoint.every=100", "data.num_workers=2"),
                    resume="auto")
@@ -216,14 +231,15 @@ def _inject_nan(trainer: Trainer, bad_steps: set[int]) -> None:
     def compute_loss(batch):
         out = original(batch)
         if trainer.step + 1 in bad_steps:
-            out.loss = out.loss * float("nan")
+            out.objective = out.objective * float("nan")
+            out.metrics["loss"] = out.metrics["loss"] * float("nan")
         return out
 
     trainer.compute_loss = compute_loss
 
 
 def test_nonfinite_step_is_skipped_and_counted(tmp_path, tok):
-    trainer = Trainer(tiny(tmp_path, tok, "steps=6", "max_nonfinite_steps=2"))
+    trainer = trainer_of(tiny(tmp_path, tok, "steps=6", "max_nonfinite_steps=2"))
     _inject_nan(trainer, {3})
     at_start: dict[int, dict[str, torch.Tensor]] = {}  # weights before step s + 1, by s
 
@@ -246,17 +262,19 @@ def test_nonfinite_step_is_skipped_and_counted(tmp_path, tok):
 
 
 def test_nonfinite_steps_in_a_row_abort_with_batch_saved(tmp_path, tok):
-    trainer = Trainer(tiny(tmp_path, tok, "steps=8", "max_nonfinite_steps=3"))
+    trainer = trainer_of(tiny(tmp_path, tok, "steps=8", "max_nonfinite_steps=3"))
     _inject_nan(trainer, {2, 4, 5, 6})
     with pytest.raises(NonFiniteLossError, match="3 non-finite steps in a row"):
         trainer.fit()
     trainer.close()
     assert trainer.nonfinite_steps == 4  # step 2 alone was skipped, 4-6 in a row aborted
-    saved = list((tmp_path / "debug").glob("*.pt"))
-    assert [p.name for p in saved] == ["nonfinite-step-00000006-rank0.pt"]
-    dump = torch.load(saved[0], weights_only=False)
+    saved = sorted((tmp_path / "debug").iterdir())
+    assert [p.name for p in saved] == ["nonfinite-step-00000006-rank0.json", "nonfinite-step-00000006-rank0.safetensors"]
+    dump, batches = json.loads(saved[0].read_text()), load_file(str(saved[1]))  # no pickle
     assert dump["step"] == 6 and len(dump["keys"][0]) == 8
-    assert set(dump["batches"][0]) == {"tok_rgb", "tok_depth", "tok_semseg", "caption", "det"}
+    assert {k.split(".")[1] for k in batches if k.startswith("micro0.")} == {"tok_rgb", "tok_depth", "tok_semseg",
+                                                                             "caption", "det"}
+    assert batches["micro0.tok_rgb.tokens"].shape == (8, 64)
 
 
 def test_truncated_shard_and_invalid_sample_are_skipped_and_counted(tmp_path):
@@ -296,7 +314,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tok):
 def test_tensorboard_is_optional(tmp_path, tok):
     import importlib.util
 
-    trainer = Trainer(tiny(tmp_path, tok, "steps=2", "logging.tensorboard=true"))
+    trainer = trainer_of(tiny(tmp_path, tok, "steps=2", "logging.tensorboard=true"))
     if importlib.util.find_spec("tensorboard") is None:
         with pytest.raises(RuntimeError, match="needs the 'tensorboard' package"):
             trainer.fit()
@@ -315,19 +333,20 @@ def test_checkpoints_keep_last_k_and_are_atomic(tmp_path, tok, monkeypatch):
     assert meta["format_version"] == ckpt.FORMAT_VERSION and meta["step"] == 8
     state = ckpt.load_trainer_state(tmp_path / "checkpoints" / ckpt.checkpoint_name(8))
     assert state["config"]["steps"] == 12 and state["data"]["sources"][0] == {"epoch": 0, "next_chunk": 8}
-    assert {"python", "numpy", "torch"} <= set(state["ranks"][0]["rng"])
+    assert {"python", "numpy"} <= set(state["ranks"][0]["rng"])
+    assert {"torch", "numpy"} <= set(ckpt.load_rng_tensors(tmp_path / "checkpoints" / ckpt.checkpoint_name(8), 0))
     # a crash while writing step 10 leaves no step-10 folder and keeps step 8 as the newest
     stale = tmp_path / "checkpoints" / ".step-00000009.123.abcd.tmp"
     stale.mkdir()
     (stale / "optimizer.pt").write_bytes(b"partial")
-    real_save = ckpt.CheckpointWriter.save_torch
+    real_save = ckpt.CheckpointWriter.save_json
 
     def crash(self, name, obj):
         if self.step == 10 and name == ckpt.STATE_NAME:
             raise OSError("disk full")
         real_save(self, name, obj)
 
-    monkeypatch.setattr(ckpt.CheckpointWriter, "save_torch", crash)
+    monkeypatch.setattr(ckpt.CheckpointWriter, "save_json", crash)
     with pytest.raises(OSError, match="disk full"):
         train(tiny(tmp_path, tok, "steps=12", "checkpoint.every=2", "checkpoint.keep_last=2"), resume="auto")
     assert ckpt.latest_checkpoint(tmp_path).name == ckpt.checkpoint_name(8)
@@ -337,27 +356,29 @@ def test_checkpoints_keep_last_k_and_are_atomic(tmp_path, tok, monkeypatch):
     assert done.start_step == 8 and done.step == 12
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000010", "step-00000012"]
     with pytest.raises(ConfigError, match="cannot resume: .*data.batch_size"):
-        Trainer(tiny(tmp_path, tok, "steps=12", "data.batch_size=4"), resume="auto")
+        trainer_of(tiny(tmp_path, tok, "steps=12", "data.batch_size=4"), resume="auto")
     with pytest.raises(FileNotFoundError, match="no checkpoint there"):
-        Trainer(tiny(tmp_path, tok, "steps=12"), resume=str(tmp_path / "nowhere"))
+        trainer_of(tiny(tmp_path, tok, "steps=12"), resume=str(tmp_path / "nowhere"))
 
 
 # ---- your own modalities --------------------------------------------------------------------------
 
-OWN = ["modalities.names=[tok_rgb, caption, tok_normal, tags]",
-       "modalities.extra=[{name: tok_normal, kind: image, vocab_size: 64, grid: [8, 8]}, "
-       "{name: tags, kind: sequence, vocab_size: 4096, max_length: 8}]",
+OWN = ["modalities={tok_rgb: {kind: image, vocab_size: 1024, grid: [8, 8]}, caption: {kind: sequence, "
+       "vocab_size: 4096, max_length: 32}, tok_normal: {kind: image, vocab_size: 64, grid: [8, 8]}, "
+       "tags: {kind: sequence, vocab_size: 4096, max_length: 8}}",
        "masking={modalities: [tok_rgb, caption, tok_normal, tags], num_input_tokens: 32, num_target_tokens: 32, "
        "components: [{input_alphas: {tok_rgb: 1.0, caption: 1.0, tok_normal: 1.0, tags: 1.0}, "
        "target_alphas: {tok_rgb: 1.0, caption: 1.0, tok_normal: 1.0, tags: 1.0}}]}"]
 
 
 def test_own_modalities_from_the_config_train_and_generate(tmp_path):
-    """modalities.extra registers new specs from YAML: token shards with their fields train a model
+    """The modalities section registers any specs: token shards with their fields train a model
     that knows them after saving, and the sampler generates them."""
-    reg = load_train_config(TINY, ["data.train.shapes.shards=unused", *OWN]).modalities.registry()
+    reg = load_train_config(TINY, ["data.train.shapes.shards=unused", *OWN]).registry()
     assert reg.names() == ["tok_rgb", "caption", "tok_normal", "tags"]
     assert reg["tok_normal"] == ModalitySpec("tok_normal", "image", vocab_size=64, grid=(8, 8))
+    assert (reg["tok_normal"].tokenizer, reg["tok_normal"].raw_field, reg["tags"].token_field) == ("normal", "normal",
+                                                                                                   "tok_tags")
     shards = tmp_path / "tok"
     write_synthetic_token_shards(shards, reg, num_samples=16, shard_size=16, seed=0)
     assert {"tok_normal", "tok_tags"} <= set(next(iter(ShardDataset(shards))))  # default fields
@@ -375,22 +396,37 @@ def test_own_modalities_from_the_config_train_and_generate(tmp_path):
     assert len(out.sequences("tags")) == 2
 
 
+def test_a_spec_names_its_own_shard_field(tmp_path):
+    """token_field in the config: the trainer reads that field, no other code spells it."""
+    reg = load_train_config(TINY, ["data.train.shapes.shards=unused", *OWN]).registry()
+    shards = tmp_path / "tok"
+    write_synthetic_token_shards(shards, reg, num_samples=16, shard_size=16, seed=0)  # writes tok_normal
+    with pytest.raises(CorruptSampleError, match=r"missing required field\(s\) \['normals_v2'\]"):
+        train(tiny(tmp_path / "a", shards, "steps=2", "data.strict=true", *OWN,
+                   "modalities.tok_normal.token_field=normals_v2"))
+    renamed = load_train_config(TINY, ["data.train.shapes.shards=unused", *OWN, "modalities.tok_normal.token_field=tok_normal"])
+    assert renamed.registry()["tok_normal"] == reg["tok_normal"]
+
+
 def test_own_modality_config_errors_name_the_setting(tmp_path):
-    spec = "{name: tok_normal, kind: image, vocab_size: 64, grid: [8, 8]}"
-    with pytest.raises(ConfigError, match=r"modalities\.extra\[0\] defines 'tok_normal' but modalities\.names does not list it"):
-        load_train_config(TINY, [f"modalities.extra=[{spec}]"])
-    with pytest.raises(ConfigError, match=r"modalities\.extra\[0\]: modality 'tok_normal': unknown kind 'imag'; allowed: image"):
-        load_train_config(TINY, ["modalities.names=[tok_rgb, tok_normal]",
-                                 "modalities.extra=[{name: tok_normal, kind: imag, vocab_size: 64, grid: [8, 8]}]"])
-    with pytest.raises(ConfigError, match=r"modalities\.extra\[0\]: unknown key\(s\) \['grids'\]"):
-        load_train_config(TINY, ["modalities.names=[tok_rgb, tok_normal]",
-                                 "modalities.extra=[{name: tok_normal, kind: image, vocab_size: 64, grids: [8, 8]}]"])
-    clash = load_train_config(TINY, ["data.train.shapes.shards=unused", "modalities.names=[tok_rgb, tok_depth]",
-                                     "masking.modalities=[tok_rgb, tok_depth]",
-                                     "masking.components=[{input_alphas: {tok_rgb: 1.0}, target_alphas: {tok_depth: 1.0}}]",
-                                     "modalities.extra=[{name: tok_depth, kind: image, vocab_size: 64, grid: [8, 8]}]"],)
-    with pytest.raises(ConfigError, match="'tok_depth' is already a ShapesWorld modality"):
-        clash.modalities.registry()
+    with pytest.raises(ConfigError, match=r"modalities\.tok_normal: modality 'tok_normal': unknown kind 'imag'; "
+                                          r"allowed: image"):
+        load_train_config(TINY, ["modalities.tok_normal={kind: imag, vocab_size: 64, grid: [8, 8]}"])
+    with pytest.raises(ConfigError, match=r"modalities\.tok_normal: modality spec 'tok_normal': unknown keys \['grids'\]"):
+        load_train_config(TINY, ["modalities.tok_normal={kind: image, vocab_size: 64, grids: [8, 8]}"])
+    with pytest.raises(ConfigError, match=r"modalities\.image_size: expected the fields of a modality"):
+        load_train_config(TINY, ["modalities.image_size=64"])  # the schema before modalities listed specs
+    with pytest.raises(ConfigError, match=r"modalities\.tok_normal: modality 'tok_normal': token_field='a/b'; must be"):
+        load_train_config(TINY, ["modalities.tok_normal={kind: image, vocab_size: 64, grid: [8, 8], token_field: a/b}"])
+
+
+def test_the_bundled_config_describes_the_bundled_model():
+    """configs/fm/shapes_bundled*.yaml list their modalities spec by spec: the architecture they build
+    is the committed model's, field for field (raw_field, token_field and tokenizer included)."""
+    saved = FourM.from_pretrained(REPO / "models" / "shapes_bundled").config.to_dict()
+    for name in ("shapes_bundled.yaml", "shapes_bundled_captions.yaml"):
+        cfg = load_train_config(REPO / "configs" / "fm" / name)
+        assert cfg.model.fourm_config(cfg.registry()).to_dict() == saved, name
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -418,7 +454,7 @@ def test_mixture_of_two_shard_sets_with_own_masking(tmp_path, tok):
 def test_validation_is_deterministic_and_logged(tmp_path, tok):
     val = tmp_path / "val"
     write_synthetic_token_shards(val, registry(), num_samples=24, shard_size=24, seed=9)
-    trainer = Trainer(tiny(tmp_path / "run", tok, "steps=4", f"val={{shards: {val}, every: 2, max_batches: 2}}"))
+    trainer = trainer_of(tiny(tmp_path / "run", tok, "steps=4", f"val={{shards: {val}, every: 2, max_batches: 2}}"))
     first, again = trainer.validate(), trainer.validate()
     assert first == again and first["batches"] == 2
     assert set(first) >= {"loss/tok_rgb", "loss/tok_depth", "loss/tok_semseg", "loss/caption", "loss/det"}
@@ -430,13 +466,13 @@ def test_validation_is_deterministic_and_logged(tmp_path, tok):
 
 def test_activation_checkpointing_gives_the_same_gradients(tok):
     cfg = tiny(Path("unused"), tok)
-    reg = cfg.modalities.registry()
+    reg = cfg.registry()
     plain, wrapped = FourM(cfg.model.fourm_config(reg), seed=3), FourM(cfg.model.fourm_config(reg), seed=3)
-    apply_activation_checkpointing(wrapped)
+    apply_activation_checkpointing(wrapped, (Block, DecoderBlock))
     assert plain.state_dict().keys() == wrapped.state_dict().keys()  # checkpoints stay loadable
     rng = np.random.default_rng(0)
     samples = [synthetic_sample(reg, rng) for _ in range(4)]
-    raw = {s.name: [x[default_field(s)] for x in samples] for s in reg}
+    raw = {s.name: [x[s.token_field] for x in samples] for s in reg}
     raw = {n: (np.stack(v) if reg[n].kind == "image" else v) for n, v in raw.items()}
     batch = UnifiedMasking(cfg.masking, reg).mask_batch(raw, 0)
     for model in (plain, wrapped):
@@ -453,21 +489,21 @@ def test_activation_checkpointing_gives_the_same_gradients(tok):
 
 def test_init_from_starts_from_a_saved_model(tmp_path, tok, straight):
     start = weights(straight / "model")
-    trainer = Trainer(tiny(tmp_path / "a", tok, "steps=2", f"init_from={straight / 'model'}"))
+    trainer = trainer_of(tiny(tmp_path / "a", tok, "steps=2", f"init_from={straight / 'model'}"))
     assert_same_weights(start, {k: v.detach() for k, v in trainer.model.state_dict().items()})
     assert trainer.step == 0  # optimizer, schedule and data start fresh
-    fresh = {k: v.detach() for k, v in Trainer(tiny(tmp_path / "b", tok, "steps=2")).model.state_dict().items()}
+    fresh = {k: v.detach() for k, v in trainer_of(tiny(tmp_path / "b", tok, "steps=2")).model.state_dict().items()}
     assert any(not torch.equal(fresh[k], start[k]) for k in start)  # without it: a random start
     with pytest.raises(ConfigError, match=r"init_from=.*architecture differs.*dim: 32 there, 48 here"):
-        Trainer(tiny(tmp_path / "c", tok, "steps=2", "model.dim=48", f"init_from={straight / 'model'}"))
+        trainer_of(tiny(tmp_path / "c", tok, "steps=2", "model.dim=48", f"init_from={straight / 'model'}"))
     with pytest.raises(FileNotFoundError, match=r"init_from=.*not a model folder"):
-        Trainer(tiny(tmp_path / "d", tok, "steps=2", f"init_from={tmp_path}"))
+        trainer_of(tiny(tmp_path / "d", tok, "steps=2", f"init_from={tmp_path}"))
 
 
 def test_init_from_names_the_modality_fields_that_differ(tmp_path, tok, straight):
     """A modality difference is named field by field, not as two whole modality lists."""
     with pytest.raises(ConfigError) as err:
-        Trainer(tiny(tmp_path / "a", tok, "steps=2", "modalities.image_vocab.tok_rgb=512",
+        trainer_of(tiny(tmp_path / "a", tok, "steps=2", "modalities.tok_rgb.vocab_size=512",
                      f"init_from={straight / 'model'}"))
     msg = str(err.value)
     assert "modalities.tok_rgb.vocab_size: 1024 there, 512 here" in msg
@@ -477,10 +513,10 @@ def test_init_from_names_the_modality_fields_that_differ(tmp_path, tok, straight
     fewer = dataclasses.replace(saved.config, modalities=keep)
     with pytest.raises(ConfigError, match=r"architecture differs[^;]*: modality 'det' there, not here; .*"
                                           r"modality 'tok_semseg' there, not here$"):
-        ckpt.load_initial_weights(FourM(fewer), str(straight / "model"))
+        load_initial_weights(FourM(fewer), str(straight / "model"))
     reordered = dataclasses.replace(saved.config, modalities=tuple(reversed(saved.config.modalities)))
     with pytest.raises(ConfigError, match=r"modality order: \['tok_rgb', .*\] there, \['det', .*\] here$"):
-        ckpt.load_initial_weights(FourM(reordered), str(straight / "model"))
+        load_initial_weights(FourM(reordered), str(straight / "model"))
 
 
 def test_bundled_stage2_starts_from_stage1():
@@ -496,10 +532,10 @@ def test_bundled_stage2_starts_from_stage1():
 
 
 def test_transcribe_diagnostic_starts_from_the_bundled_model():
-    """configs/fm/shapes_bundled_transcribe.yaml (a diagnostic) fine-tunes models/shapes_bundled on
+    """experiments/configs/shapes_bundled_transcribe.yaml (a diagnostic) fine-tunes models/shapes_bundled on
     pixels -> tok_rgb alone: the bundled model's architecture and modalities, one component."""
     two = load_train_config(REPO / "configs" / "fm" / "shapes_bundled_captions.yaml")  # made the bundled model
-    diag = load_train_config(REPO / "configs" / "fm" / "shapes_bundled_transcribe.yaml")
+    diag = load_train_config(REPO / "experiments" / "configs" / "shapes_bundled_transcribe.yaml")
     assert diag.init_from == "models/shapes_bundled" and (REPO / diag.init_from / "config.json").is_file()
     assert diag.model == two.model and diag.modalities == two.modalities and diag.data.train == two.data.train
     (comp,) = diag.masking.components
@@ -507,15 +543,17 @@ def test_transcribe_diagnostic_starts_from_the_bundled_model():
 
 
 def test_loss_weights_weigh_the_objective(tmp_path, tok):
-    trainer = Trainer(tiny(tmp_path, tok, "steps=2", "loss_weights={caption: 3.0, det: 0.5}"))
+    trainer = trainer_of(tiny(tmp_path, tok, "steps=2", "loss_weights={caption: 3.0, det: 0.5}"))
     batch = trainer.data.next().batch
-    out = trainer.compute_loss(batch)
+    out = trainer.task.forward(trainer.model, batch)
     assert {"caption", "det"} <= out.mod_losses.keys()
     w = {n: {"caption": 3.0, "det": 0.5}.get(n, 1.0) for n in out.mod_losses}
     expected = sum(w[n] * v for n, v in out.mod_losses.items()) / sum(w.values())
-    assert torch.allclose(trainer.objective(out), expected) and not torch.allclose(trainer.objective(out), out.loss)
-    plain = Trainer(tiny(tmp_path / "plain", tok, "steps=2"))
-    assert plain.objective(out) is out.loss  # no weights: the model's mean over modalities
+    objective = trainer.task.objective(out)
+    assert torch.allclose(objective, expected) and not torch.allclose(objective, out.loss)
+    assert torch.equal(trainer.compute_loss(batch).objective, objective)  # what the step minimises
+    plain = trainer_of(tiny(tmp_path / "plain", tok, "steps=2"))
+    assert plain.task.objective(out) is out.loss  # no weights: the model's mean over modalities
     with pytest.raises(ConfigError, match=r"loss_weights: 'dept' is not a model modality"):
         tiny(tmp_path, tok, "loss_weights={dept: 2}")
     with pytest.raises(ConfigError, match=r"loss_weights.det=0(\.0)?: must be a number > 0"):

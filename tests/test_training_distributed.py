@@ -19,10 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-from fourm.training.config import load_train_config
+from fourm.training.fourm_config import load_train_config
+from fourm.training.fourm_task import train
 from fourm.training.synthetic import write_synthetic_token_shards
-from fourm.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "fm" / "shapes_tiny.yaml"
@@ -46,7 +45,7 @@ def test_two_cpu_processes_match_one_and_split_the_data(tmp_path):
     common = [f"data.train.shapes.shards={tok}", f"steps={STEPS}", "threads=1", "logging.every=1",
               "logging.sample_keys=true", "logging.progress=false", "optim.warmup_steps=1"]
     cfg = load_train_config(TINY, [f"out_dir={tmp_path / 'one'}", "data.batch_size=8", *common])
-    write_synthetic_token_shards(tok, cfg.modalities.registry(), num_samples=64, shard_size=16, seed=3)
+    write_synthetic_token_shards(tok, cfg.registry(), num_samples=64, shard_size=16, seed=3)
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

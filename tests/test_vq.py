@@ -12,11 +12,13 @@ from conftest import REPO
 from fourm.cli import main as cli
 from fourm.config import ConfigError, from_dict, load_config
 from fourm.data.shapes_world import FAR_DEPTH, SEMSEG_CLASSES, WorldConfig, render_scene
-from fourm.modalities import shapes_world_modalities
-from fourm.vq.evaluate import evaluate_tokenizers, render_batch
+from fourm.data.shapes_modalities import shapes_world_modalities
+from fourm.evaluation.reconstruction import evaluate_tokenizers, render_batch
 from fourm.vq.normalize import DepthNormalizer, NormalizeConfig, RGBNormalizer
-from fourm.vq.train import TokenizerTrainConfig, train_tokenizer
-from fourm.vq.vqvae import ImageTokenizer, NetConfig, TokenizerConfig, load_tokenizers
+from fourm.training.tokenizer_task import TokenizerTrainConfig, evaluate_batch, train_tokenizer
+from fourm.vq.config import NetConfig, TokenizerConfig
+from fourm.vq.loading import load_tokenizers
+from fourm.vq.vqvae import ImageTokenizer
 
 MODALITIES = ("rgb", "depth", "semseg")
 CONFIGS = REPO / "configs" / "tokenizers"
@@ -109,12 +111,20 @@ def test_config_rejects_bad_combinations():
         TokenizerConfig(modality="rgb", downsample=16)
     with pytest.raises(ValueError, match="power of two"):
         TokenizerConfig(modality="rgb", downsample=12)
-    with pytest.raises(ValueError, match="known: rgb, depth, semseg"):
+    with pytest.raises(ValueError, match="'normal' is not one of rgb, depth, semseg; say how its images are stored "
+                                         "with normalize.kind"):
         TokenizerConfig(modality="normal")
+    assert TokenizerConfig(modality="normal", normalize=NormalizeConfig(kind="depth")).kind == "depth"
+    with pytest.raises(ValueError, match="normalize.kind='normals'; allowed: rgb, depth, semseg"):
+        NormalizeConfig(kind="normals")
     with pytest.raises(ValueError, match="cross_entropy"):
         from_dict(TokenizerConfig, {"modality": "semseg", "loss": {"l1": 1.0}})
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict(TokenizerTrainConfig, {"tokenizer": {"modality": "rgb", "quantiser": {}}})
+    with pytest.raises(ConfigError, match="activation_checkpointing are for FourM runs"):
+        tiny_train_config("rgb", Path("unused"), **{"distributed.activation_checkpointing": "true"})
+    with pytest.raises(ConfigError, match="val.seed=0 equals data.seed"):
+        tiny_train_config("rgb", Path("unused"), **{"val.seed": 0})
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -239,37 +249,40 @@ def test_load_tokenizers_folder(tmp_path):
 
 @pytest.mark.parametrize("modality,metric,better", [("rgb", "psnr", 1), ("depth", "abs_rel", -1), ("semseg", "miou", 1)])
 def test_tiny_training_improves_reconstruction(modality, metric, better, tmp_path):
-    cfg = tiny_train_config(modality, tmp_path / modality, steps=20, checkpoint_every=20, log_every=10)
+    cfg = tiny_train_config(modality, tmp_path / modality, steps=20, **{"checkpoint.every": 20, "logging.every": 10})
     torch.manual_seed(cfg.seed)  # the same initial weights train_tokenizer will draw
-    from fourm.vq.train import evaluate_batch
-
-    held_out = render_batch(cfg.data.eval_seed, range(cfg.data.eval_samples), cfg.tokenizer.image_size)
+    held_out = render_batch(cfg.val.seed, range(cfg.val.samples), cfg.tokenizer.image_size)
     before = evaluate_batch(ImageTokenizer(cfg.tokenizer), held_out)[metric]
     summary = train_tokenizer(cfg, progress=False)
-    after = summary["eval"][metric]
+    after = summary.val[metric]
     assert better * (after - before) > 0, f"{metric}: {before:.4f} before, {after:.4f} after 20 steps"
     lines = [json.loads(l) for l in (tmp_path / modality / "metrics.jsonl").read_text().splitlines()]
-    losses = [l["loss"] for l in lines if "loss" in l]
+    losses = [l["loss"] for l in lines if l["split"] == "train"]
     assert losses[-1] < losses[0]
-    ImageTokenizer.from_pretrained(summary["tokenizer_dir"])  # the final tokenizer loads
+    ImageTokenizer.from_pretrained(summary.model_dir)  # the final tokenizer loads
 
 
 def test_cli_train_end_to_end_and_resume_equals_uninterrupted(tmp_path, capsys):
     cfg = str(CONFIGS / "rgb_tiny.yaml")
     full, part = tmp_path / "full", tmp_path / "part"
     assert cli(["tokenizer", "train", cfg, f"out_dir={full}", "steps=6", "--no-progress"]) == 0
-    assert cli(["tokenizer", "train", cfg, f"out_dir={part}", "steps=3", "--no-progress"]) == 0
+    assert cli(["tokenizer", "train", cfg, f"out_dir={part}", "--until-step", "3", "--no-progress"]) == 0
     # an out_dir with checkpoints is not overwritten by accident
-    assert cli(["tokenizer", "train", cfg, f"out_dir={part}", "steps=6", "--no-progress"]) == 2
-    assert "--resume" in capsys.readouterr().err
-    assert cli(["tokenizer", "train", cfg, f"out_dir={part}", "steps=6", "--resume", "--no-progress"]) == 0
+    assert cli(["tokenizer", "train", cfg, f"out_dir={part}", "--no-progress"]) == 2
+    assert "--resume auto" in capsys.readouterr().err
+    assert cli(["tokenizer", "train", cfg, f"out_dir={part}", "--resume", "auto", "--no-progress"]) == 0
     assert "steps 3..6" in capsys.readouterr().out
     a = ImageTokenizer.from_pretrained(full / "tokenizer").state_dict()
     b = ImageTokenizer.from_pretrained(part / "tokenizer").state_dict()
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs between resumed and uninterrupted training"
-    assert len(list((part / "checkpoints").glob("step_*"))) == 2  # keep_checkpoints
+    assert len(list((part / "checkpoints").glob("step-*"))) == 2  # checkpoint.keep_last
+    # the last figures resume exactly too (codebook usage and perplexity over their window, held-out scores)
+    logs = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, part)]
+    keys = ("loss", "recon", "quant", "usage", "perplexity", "grad_norm", "lr", "tokens_seen")
+    assert [{k: x[k] for k in keys} for x in logs[0][-2:-1]] == [{k: x[k] for k in keys} for x in logs[1][-2:-1]]
+    assert logs[0][-1]["split"] == "val" and logs[0][-1] == logs[1][-1]
 
 
 # --- evaluation and pre-tokenisation -----------------------------------------------------------------
@@ -313,7 +326,7 @@ def _write_raw_shards(folder: Path, num_shards: int, per_shard: int) -> None:
 
 
 def test_tokenize_shards_cli_and_resume(tmp_path):
-    from fourm.data.shards import ShardDataset
+    from fourm.data.shard_reader import ShardDataset
     from fourm.vq.text import train_text_tokenizer
     from fourm.data.shapes_world import SHAPE_CLASSES
 
@@ -352,8 +365,8 @@ def test_tokenize_shards_cli_and_resume(tmp_path):
 
 
 def test_tokenize_keeps_raw_rgb_for_pixel_input(tmp_path):
-    from fourm.data.shards import ShardDataset
-    from fourm.vq.pretokenize import tokenize_shards
+    from fourm.data.shard_reader import ShardDataset
+    from fourm.data.pretokenize import tokenize_shards
 
     raw, out = tmp_path / "raw", tmp_path / "tok"
     _write_raw_shards(raw, num_shards=1, per_shard=3)
@@ -365,7 +378,7 @@ def test_tokenize_keeps_raw_rgb_for_pixel_input(tmp_path):
         assert t["rgb"].dtype == torch.uint8 and torch.equal(t["rgb"], s["rgb"])  # (3, H, W), bit for bit
         assert "tok_depth" in t and "tok_rgb" not in t
     assert json.loads((out / "metadata.json").read_text())["fields"]["rgb"] == "raw"
-    with pytest.raises(ValueError, match=r"keep=\['rgbb'\]: 'rgbb' is not a raw field; allowed: rgb, depth"):
+    with pytest.raises(ValueError, match=r"keep=\['rgbb'\]: 'rgbb' is not a raw field; allowed: caption, depth, det, rgb"):
         tokenize_shards(raw, tmp_path / "x", toks, keep=["rgbb"], progress=False)
 
 
@@ -386,8 +399,8 @@ def test_two_process_training_resumes_exactly(tmp_path):
         return out.stdout
 
     run(f"out_dir={tmp_path / 'full'}", "--no-progress")
-    run(f"out_dir={tmp_path / 'part'}", "steps=3", "--no-progress")
-    assert "steps 3..6" in run(f"out_dir={tmp_path / 'part'}", "--resume", "--no-progress")
+    run(f"out_dir={tmp_path / 'part'}", "--until-step", "3", "--no-progress")
+    assert "steps 3..6" in run(f"out_dir={tmp_path / 'part'}", "--resume", "auto", "--no-progress")
     a = ImageTokenizer.from_pretrained(tmp_path / "full" / "tokenizer").state_dict()
     b = ImageTokenizer.from_pretrained(tmp_path / "part" / "tokenizer").state_dict()
     for k in a:

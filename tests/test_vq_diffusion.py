@@ -15,9 +15,10 @@ import torch
 from conftest import REPO
 from fourm.cli import main as cli
 from fourm.config import ConfigError, from_dict, load_config, to_dict
-from fourm.vq.evaluate import evaluate_tokenizers, render_batch
-from fourm.vq.train import TokenizerTrainConfig, train_tokenizer
-from fourm.vq.vqvae import CONFIG_NAME, DecoderConfig, ImageTokenizer, NetConfig, TokenizerConfig
+from fourm.evaluation.reconstruction import evaluate_tokenizers, render_batch
+from fourm.training.tokenizer_task import TokenizerTrainConfig, train_tokenizer
+from fourm.vq.config import DecoderConfig, NetConfig, TokenizerConfig
+from fourm.vq.vqvae import CONFIG_NAME, ImageTokenizer
 
 CONFIGS = REPO / "configs" / "tokenizers"
 
@@ -242,10 +243,10 @@ def test_the_64px_config_differs_from_rgb_64_in_the_decoder_only():
 # --- training loop and eval ---------------------------------------------------------------------
 
 def test_train_then_cli_eval_reports_the_ddim_steps(tmp_path, capsys):
-    cfg = tiny_cfg(tmp_path / "run", "steps=4", "checkpoint_every=4")
+    cfg = tiny_cfg(tmp_path / "run", "steps=4", "checkpoint.every=4")
     summary = train_tokenizer(cfg, progress=False)
-    assert math.isfinite(summary["last"]["loss"]) and "psnr" in summary["eval"] and "parser_f1" in summary["eval"]
-    tok = ImageTokenizer.from_pretrained(summary["tokenizer_dir"])
+    assert math.isfinite(summary.last["loss"]) and "psnr" in summary.val and "parser_f1" in summary.val
+    tok = ImageTokenizer.from_pretrained(summary.model_dir)
     assert tok.is_diffusion
     tok.save_pretrained(tmp_path / "toks" / "rgb")
     out = tmp_path / "eval.json"
@@ -271,7 +272,7 @@ def test_decode_steps_are_refused_without_a_diffusion_decoder():
 
 def test_generation_decode_passes_its_seed_to_a_diffusion_decoder():
     from fourm.generation.decode import decode_images
-    from fourm.modalities import shapes_world_modalities
+    from fourm.data.shapes_modalities import shapes_world_modalities
 
     tok = tiny_tokenizer().eval()
     spec = shapes_world_modalities(image_size=tok.config.image_size, downsample=tok.config.downsample)["tok_rgb"]

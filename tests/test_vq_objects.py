@@ -12,9 +12,14 @@ from conftest import REPO
 from fourm.cli import main as cli
 from fourm.config import from_dict, load_config, to_dict
 from fourm.data.shapes_world import WorldConfig, render_scene
-from fourm.vq.evaluate import ParserScores, evaluate_tokenizers, render_batch
-from fourm.vq.train import TokenizerTrainConfig, train_tokenizer
-from fourm.vq.vqvae import ImageTokenizer, TokenizerConfig, object_weight_map
+from fourm.data.image_sources import object_mask
+from fourm.evaluation.objects import ParserScores
+from fourm.evaluation.reconstruction import evaluate_tokenizers, render_batch
+from fourm.training import checkpoint as ckpt
+from fourm.training.tokenizer_task import TokenizerTrainConfig, train_tokenizer
+from fourm.vq.config import TokenizerConfig
+from fourm.vq.losses import object_weight_map
+from fourm.vq.vqvae import ImageTokenizer
 
 CONFIGS = REPO / "configs" / "tokenizers"
 PARSER_KEYS = ("parser_f1", "parser_precision", "parser_recall", "shape_accuracy")
@@ -22,7 +27,7 @@ PARSER_KEYS = ("parser_f1", "parser_precision", "parser_recall", "shape_accuracy
 
 def tiny_cfg(tmp_path, *overrides: str) -> TokenizerTrainConfig:
     return load_config(TokenizerTrainConfig, CONFIGS / "rgb_tiny.yaml",
-                       overrides=[f"out_dir={tmp_path / 'run'}", "steps=2", "checkpoint_every=2", *overrides])
+                       overrides=[f"out_dir={tmp_path / 'run'}", "steps=2", "checkpoint.every=2", *overrides])
 
 
 def obj(colour: str, shape: str, box: list[float], size: str = "small") -> dict:
@@ -108,19 +113,25 @@ def test_object_weight_config_is_validated():
     with pytest.raises(ValueError, match="data.source 'photos' does not have"):
         load_config(TokenizerTrainConfig, CONFIGS / "rgb_tiny.yaml",
                     overrides=["tokenizer.loss.object_weight=4", "data.source=photos", "data.holdout=[coins]"])
-    assert not from_dict(TokenizerConfig, {"modality": "rgb", "loss": {"object_weight": 0.0}}).needs_semseg
+    assert not from_dict(TokenizerConfig, {"modality": "rgb", "loss": {"object_weight": 0.0}}).needs_objects
 
 
 def test_object_weight_map_weights_objects_and_their_edges():
-    semseg = torch.ones(1, 8, 8, dtype=torch.uint8)  # ground
-    semseg[0, 3:5, 3:5] = 2  # a 2 x 2 object
-    w = object_weight_map(semseg, 4.0)[0, 0]  # (8, 8)
+    objects = torch.zeros(1, 8, 8, dtype=torch.bool)  # ground
+    objects[0, 3:5, 3:5] = True  # a 2 x 2 object
+    w = object_weight_map(objects, 4.0)[0, 0]  # (8, 8)
     assert w.shape == (8, 8) and math.isclose(float(w.mean()), 1.0, rel_tol=1e-6)
     ring = torch.zeros(8, 8, dtype=torch.bool)
     ring[2:6, 2:6] = True  # the object grown by one pixel
     assert torch.allclose(w[ring], 5 * w[~ring][0]) and torch.allclose(w[~ring], w[~ring][0])
-    empty = object_weight_map(torch.zeros(2, 8, 8, dtype=torch.uint8), 4.0)
+    empty = object_weight_map(torch.zeros(2, 8, 8, dtype=torch.bool), 4.0)
     assert torch.equal(empty, torch.ones(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="objects must be a bool"):
+        object_weight_map(torch.zeros(2, 8, 8, dtype=torch.uint8), 4.0)
+    # ShapesWorld's object pixels: semseg ids of a shape class (0 sky, 1 ground)
+    scene = render_scene(3, 0, WorldConfig(image_size=32))
+    mask = object_mask(scene)
+    assert mask.dtype == torch.bool and mask.any() and torch.equal(mask, torch.as_tensor(scene["semseg"] >= 2))
 
 
 def test_object_weighted_loss_punishes_object_errors_more():
@@ -129,33 +140,34 @@ def test_object_weighted_loss_punishes_object_errors_more():
                                                            "loss": {"object_weight": 4.0}}))
     b = render_batch(3, range(2), 32)
     target = torch.zeros(2, 3, 32, 32)
-    on_objects = (b["semseg"] >= 2).unsqueeze(1).expand(-1, 3, -1, -1).float()  # (B, 3, H, W)
-    w = object_weight_map(b["semseg"], 4.0)
+    objects = b["semseg"] >= 2  # (B, H, W): the shape classes
+    on_objects = objects.unsqueeze(1).expand(-1, 3, -1, -1).float()  # (B, 3, H, W)
+    w = object_weight_map(objects, 4.0)
     err_obj, err_bg = target + on_objects, target + (1 - on_objects)
     assert weighted.forward_loss(err_obj, target, w) > plain.forward_loss(err_obj, target)
     assert weighted.forward_loss(err_bg, target, w) < plain.forward_loss(err_bg, target)
-    with pytest.raises(ValueError, match="needs the scenes' semseg maps"):
+    with pytest.raises(ValueError, match="needs the images' object pixels"):
         weighted(b["rgb"])
     with pytest.raises(ValueError, match="would be unused"):
-        plain(b["rgb"], b["semseg"])
-    with pytest.raises(ValueError, match="semseg has shape"):
-        weighted(b["rgb"], b["semseg"][:1])
-    out = weighted(b["rgb"], b["semseg"])
+        plain(b["rgb"], objects)
+    with pytest.raises(ValueError, match="objects has shape"):
+        weighted(b["rgb"], objects[:1])
+    out = weighted(b["rgb"], objects)
     out.loss.backward()
     assert torch.isfinite(out.loss) and all(p.grad is not None for p in weighted.decoder.parameters())
 
 
 def test_training_with_object_weight_and_parser_eval(tmp_path):
-    cfg = tiny_cfg(tmp_path, "tokenizer.loss.object_weight=4", "data.eval_samples=4")
+    cfg = tiny_cfg(tmp_path, "tokenizer.loss.object_weight=4", "val.samples=4")
     summary = train_tokenizer(cfg, progress=False)
-    ev = summary["eval"]
+    ev = summary.val
     assert 0 < ev["psnr"] < 100 and all(0 <= ev[k] <= 1 for k in ("parser_f1", "parser_f1_original"))
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert "parser_f1" in [x for x in lines if "eval" in x][-1]["eval"]
-    saved = ImageTokenizer.from_pretrained(summary["tokenizer_dir"])
+    assert "parser_f1" in [x for x in lines if x["split"] == "val"][-1]
+    saved = ImageTokenizer.from_pretrained(summary.model_dir)
     assert saved.config.loss.object_weight == 4.0
-    off = train_tokenizer(tiny_cfg(tmp_path / "b", "eval_parser=false", "data.eval_samples=4"), progress=False)
-    assert "parser_f1" not in off["eval"]
+    off = train_tokenizer(tiny_cfg(tmp_path / "b", "val.parser=false", "val.samples=4"), progress=False)
+    assert "parser_f1" not in off.val
 
 
 def test_training_with_object_weight_reads_semseg_from_shards(tmp_path):
@@ -167,29 +179,28 @@ def test_training_with_object_weight_reads_semseg_from_shards(tmp_path):
             s = render_scene(0, i, world)
             w.write(f"{i:06d}", encode_sample({k: s[k] for k in ("rgb", "depth", "semseg", "det", "caption")}))
     cfg = tiny_cfg(tmp_path, "tokenizer.loss.object_weight=4", "data.source=shards",
-                   f"data.shards={tmp_path / 'shards'}", "data.eval_samples=2", "eval_parser=false")
+                   f"data.shards={tmp_path / 'shards'}", "val.samples=2", "val.parser=false")
     summary = train_tokenizer(cfg, progress=False)
-    assert math.isfinite(summary["last"]["loss"])
+    assert math.isfinite(summary.last["loss"])
 
 
 def test_resume_accepts_a_run_saved_before_object_weight_existed(tmp_path):
-    cfg = tiny_cfg(tmp_path, "eval_parser=false", "data.eval_samples=2", "steps=4")
-    part = load_config(TokenizerTrainConfig, CONFIGS / "rgb_tiny.yaml",
-                       overrides=[f"out_dir={tmp_path / 'run'}", "steps=2", "checkpoint_every=2",
-                                  "eval_parser=false", "data.eval_samples=2"])
-    train_tokenizer(part, progress=False)
-    path = tmp_path / "run" / "train_config.json"
-    saved = json.loads(path.read_text())
-    del saved["tokenizer"]["loss"]["object_weight"]  # as written by the code before the field
-    path.write_text(json.dumps(saved))
-    assert train_tokenizer(cfg, resume=True, progress=False)["start_step"] == 2
+    cfg = tiny_cfg(tmp_path, "val.parser=false", "val.samples=2", "steps=4")
+    train_tokenizer(cfg, until_step=2, progress=False)
+    path = ckpt.latest_checkpoint(tmp_path / "run") / ckpt.STATE_NAME
+    state = json.loads(path.read_text())
+    del state["config"]["tokenizer"]["loss"]["object_weight"]  # as written by the code before the field
+    path.write_text(json.dumps(state))
+    assert train_tokenizer(cfg, resume="auto", progress=False).start_step == 2
 
 
 def test_objects_config_differs_from_rgb_64_in_loss_decoder_and_length_only():
     base = to_dict(load_config(TokenizerTrainConfig, CONFIGS / "rgb_64.yaml"))
     objs = to_dict(load_config(TokenizerTrainConfig, CONFIGS / "rgb_objects_64.yaml"))
-    assert {k for k in base if base[k] != objs[k]} == {"tokenizer", "out_dir", "steps", "batch_size"}
-    assert objs["steps"] * objs["batch_size"] == 4 * base["steps"] * base["batch_size"]  # 4x the images
+    assert {k for k in base if base[k] != objs[k]} == {"tokenizer", "out_dir", "steps", "data"}
+    assert {k for k in base["data"] if base["data"][k] != objs["data"][k]} == {"batch_size"}
+    images = [c["steps"] * c["data"]["batch_size"] for c in (base, objs)]
+    assert images[1] == 4 * images[0]  # 4x the images
     bt, ot = base["tokenizer"], objs["tokenizer"]
     assert {k for k in bt if bt[k] != ot[k]} == {"loss", "decoder"}
     assert ot["loss"]["object_weight"] > 0 and ot["quantizer"]["codebook_size"] == bt["quantizer"]["codebook_size"]

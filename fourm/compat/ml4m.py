@@ -3,7 +3,9 @@
 FourM keeps the reference's state-dict names (``encoder_embeddings.tok_rgb@224.token_emb.weight``,
 ``decoder.0.cross_attn.kv.weight``, zero LayerNorm ``bias`` buffers, (1, 512, D) sequence position
 buffers, the shared ``mod_emb`` listed under both embeddings), so loading is a strict key-for-key
-copy. Everything about the reference's inverted masks (True = ignored) lives here.
+copy. What only the reference has lives here: its inverted masks (True = ignored), the unused
+token table of each image target (:func:`add_reference_tables`), and its loss, which counts a
+modality without targets as 0 (:func:`run_ml4m`).
 
     model = load_ml4m("path/to/4M-7_B_CC12M")            # config.json + model.safetensors
     out = run_ml4m(model, mod_dict, 128, 128)             # reference-format masks
@@ -32,7 +34,7 @@ from typing import Mapping
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from fourm.modalities import ModalitySpec, ml4m_modalities
 from fourm.models.config import MODEL_SIZES, FourMConfig
@@ -62,8 +64,8 @@ def reference_spec(name: str, vocab_override: Mapping[str, int] | None = None) -
         raise ValueError(f"reference domain {name!r} is not supported; supported: {', '.join(known.names())} "
                          f"(and their @448 variants); t5_caption (precomputed T5 embeddings) is not")
     spec = known[base]
-    changes = spec.to_dict()
-    changes["name"] = name
+    changes = {k: v for k, v in spec.to_dict().items() if k not in ("raw_field", "token_field", "tokenizer")}
+    changes["name"] = name  # the fields it reads follow from the new name
     if name != base:
         changes["grid"] = [2 * g for g in spec.grid]
     if vocab_override and name in vocab_override:
@@ -159,10 +161,21 @@ def released_config(size: str, family: str = "4m7") -> dict:
     return out
 
 
+def add_reference_tables(model: FourM) -> FourM:
+    """Give every image target the reference's token table (``decoder_embeddings.<name>.token_emb``):
+    the reference builds one, FourM's forward never reads it (image targets read the mask token),
+    and reference checkpoints hold it. Returns ``model``."""
+    for name, emb in model.decoder_embeddings.items():
+        spec = model.specs[name]
+        if spec.kind == "image" and not hasattr(emb, "token_emb"):
+            emb.token_emb = nn.Embedding(spec.vocab_size, model.config.dim, device=model.mask_token.device)
+    return model
+
+
 def build_on_meta(cfg: Mapping) -> FourM:
-    """FourM for a reference config on the meta device (no memory, no init)."""
+    """FourM for a reference config on the meta device (no memory, no init), reference tables included."""
     with torch.device("meta"):
-        return FourM(config_from_ml4m(cfg))
+        return add_reference_tables(FourM(config_from_ml4m(cfg)))
 
 
 def state_dict_layout(model: FourM) -> list[dict]:
@@ -190,8 +203,7 @@ def load_ml4m(path: str | os.PathLike, device: str | torch.device = "cpu") -> Fo
     """Load a reference checkpoint directory (``config.json`` + ``model.safetensors``) strictly."""
     path = Path(path)
     cfg = json.loads((path / "config.json").read_text())
-    with torch.device("meta"):
-        model = FourM(config_from_ml4m(cfg))
+    model = build_on_meta(cfg)
     state = load_file(str(path / "model.safetensors"), device=str(device))
     model.load_state_dict_checked(state, assign=True)
     return model.eval()
@@ -207,6 +219,10 @@ def save_ml4m(model: FourM, path: str | os.PathLike) -> Path:
     fm = {k: v for k, v in cfg.items() if k != "vocab_override"}
     meta = {k: json.dumps(v) for k, v in fm.items()}
     tensors = unalias_state_dict(model.state_dict())
+    for name, emb in model.decoder_embeddings.items():  # a FourM of its own has no reference tables: zeros
+        key = f"decoder_embeddings.{name}.token_emb.weight"
+        if model.specs[name].kind == "image" and key not in tensors:
+            tensors[key] = torch.zeros(model.specs[name].vocab_size, model.config.dim, dtype=emb.mod_emb.dtype)
     atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
     atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
     return path
@@ -258,16 +274,25 @@ def run_ml4m(model: FourM, mod_dict: Mapping, num_encoder_tokens: int, num_decod
     (modalities without targets count as 0; ``'token'`` weights by rows x vocab as it does)."""
     if loss_type not in ("mod", "token"):
         raise ValueError(f"loss_type={loss_type!r}; allowed: 'mod', 'token'")
-    out = model(mod_dict_to_batch(model, mod_dict), num_encoder_tokens, num_decoder_tokens,
-                return_logits=True, count_empty_modalities=True)
-    return _reference_loss(out, loss_type), out.mod_losses
+    out = model(mod_dict_to_batch(model, mod_dict), num_encoder_tokens, num_decoder_tokens, return_logits=True)
+    mod_losses = reference_mod_losses(out)
+    return _reference_loss(out, mod_losses, loss_type), mod_losses
 
 
-def _reference_loss(out: FourMOutput, loss_type: str) -> Tensor:
-    if loss_type == "mod":
+def reference_mod_losses(out: FourMOutput) -> dict[str, Tensor]:
+    """The reference's per-modality losses (``out`` with ``return_logits``): a modality in the batch
+    without target slots counts as 0, through its head, so that the head gets its (zero) gradient."""
+    return {name: out.mod_losses[name] if name in out.mod_losses else pr.logits.sum() * 0.0
+            for name, pr in out.predictions.items()}
+
+
+def _reference_loss(out: FourMOutput, mod_losses: Mapping[str, Tensor], loss_type: str) -> Tensor:
+    if not mod_losses:
         return out.loss
-    weights = {k: out.predictions[k].logits.numel() for k in out.mod_losses}
-    return sum(out.mod_losses[k] * weights[k] for k in weights) / sum(weights.values())
+    if loss_type == "mod":
+        return torch.stack(list(mod_losses.values())).mean()
+    weights = {k: out.predictions[k].logits.numel() for k in mod_losses}
+    return sum(mod_losses[k] * weights[k] for k in weights) / sum(weights.values())
 
 
 @torch.no_grad()
@@ -276,17 +301,18 @@ def reference_outputs(model: FourM, mod_dict: Mapping, num_encoder_tokens: int, 
     batch = mod_dict_to_batch(model, mod_dict)
     enc = model.forward_encoder(batch, num_encoder_tokens)
     dec = model.forward_decoder(batch, enc, num_decoder_tokens)
-    out = model.forward_loss(dec, return_logits=True, count_empty_modalities=True)
+    out = model.forward_loss(dec, return_logits=True)
+    mod_losses = reference_mod_losses(out)
     sel = enc.selection
     uid = torch.tensor([model.specs[n].uid for n in sel.names] + [-1], dtype=torch.int16, device=sel.modality.device)
     res = {
-        "loss": out.loss, "loss_token": _reference_loss(out, "token"),
+        "loss": _reference_loss(out, mod_losses, "mod"), "loss_token": _reference_loss(out, mod_losses, "token"),
         "encoder.tokens": enc.tokens, "encoder.emb": enc.emb, "encoder.input": enc.tokens + enc.emb,
         "encoder.output": enc.output, "encoder.pad_mask": ~sel.is_valid,
         "encoder.modality_id": uid[torch.where(sel.modality < 0, len(sel.names), sel.modality)],
         "encoder.source_index": sel.source_index, "decoder.context": enc.context,
     }
-    for name, loss in out.mod_losses.items():
+    for name, loss in mod_losses.items():
         res[f"mod_loss.{name}"] = loss
     hidden, inp, emb = (t.flatten(0, 1) for t in (dec.hidden, dec.input, dec.emb))
     for name, pr in out.predictions.items():

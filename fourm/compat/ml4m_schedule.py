@@ -1,6 +1,6 @@
 """The 4M reference's diffusion schedules and samplers for its DiVAE decoders (DDIM and DDPM).
 
-Why not diffusers' schedulers: the reference vendors its own copies (``fourm/vq/scheduling``),
+Why not diffusers' schedulers: the reference vendors its own copies (``ml-4m/fourm/vq/scheduling``),
 and on the numbers that matter they differ from diffusers' current ones:
 
 * **trailing timesteps** use an integer stride ``T // S``: ``arange(T, 0, -(T // S)) - 1``. For

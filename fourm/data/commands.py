@@ -1,7 +1,10 @@
-"""``fourm data ...``: write ShapesWorld shards and draw contact sheets of shard folders.
+"""``fourm data ...`` and ``fourm tokenize``: write ShapesWorld shards, draw contact sheets of shard
+folders, turn raw shards into token shards.
 
     fourm data shapes --out data/shapes --num-samples 10000 --image-size 64 --seed 0 --shard-size 1000 --workers 2
     fourm data show data/shapes --out sheet.png --num 16
+    fourm tokenize --input data/shapes/train --output data/shapes_tok/train --tokenizers tokenizers/shapes64 --keep rgb
+    fourm tokenize ... --config my_run.yaml             # the fields a training run's modalities name
 
 Shard ``k`` holds samples ``k * K .. k * K + K - 1`` and is written whole by one worker (under a
 temporary name, then renamed), so the output is byte-identical for any number of workers. The
@@ -19,6 +22,7 @@ from tqdm import tqdm
 
 import fourm
 from fourm.data import shapes_world as sw
+from fourm.data.pretokenize import TEXT_FIELDS
 from fourm.data.shards import ShardWriter, encode_sample, list_shards, write_metadata, write_shard
 
 METADATA_NAME = "metadata.json"
@@ -49,6 +53,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
     s.add_argument("--columns", type=int, default=2, help="samples per row (default 2)")
     s.set_defaults(func=cmd_show)
+
+    tz = subparsers.add_parser("tokenize", help="raw shards -> token shards (fourm.data.pretokenize)")
+    tz.add_argument("--input", required=True, help="raw shards: folder, glob or brace range of .tar files")
+    tz.add_argument("--output", required=True, help="folder for the token shards (same file names)")
+    tz.add_argument("--tokenizers", required=True, help="tokenizer set: a folder with rgb/, depth/, ..., text/")
+    tz.add_argument("--modalities", default=None,
+                    help="comma-separated subset of the tokenizers to use, e.g. rgb,depth,text (default: all found)")
+    tz.add_argument("--config", default=None,
+                    help="a fourm train YAML config: tokenize the fields its modalities name (raw_field -> "
+                         "token_field with their tokenizer) instead of one field per tokenizer")
+    tz.add_argument("--text-fields", default=",".join(TEXT_FIELDS),
+                    help=f"comma-separated raw text fields for the text tokenizer (default {','.join(TEXT_FIELDS)})")
+    tz.add_argument("--keep", default="",
+                    help="comma-separated raw fields copied into the token shards, e.g. rgb for a model with rgb "
+                         "pixel input (default: none)")
+    tz.add_argument("--batch-size", type=int, default=64)
+    tz.add_argument("--device", default="cpu")
+    tz.add_argument("--no-progress", action="store_true")
+    tz.set_defaults(func=cmd_tokenize)
 
 
 def _fail(msg: str) -> int:
@@ -194,4 +217,41 @@ def cmd_show(args: argparse.Namespace) -> int:
                  f"{meta.get('config', {}).get('image_size')} px - first {len(samples)} of {meta.get('num_samples')} samples")
     path = render_contact_sheet(samples, args.out, columns=args.columns, title=title)
     print(f"wrote {path} ({len(samples)} samples)")
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    """Run ``fourm tokenize``; prints what was written as JSON."""
+    import json
+
+    from fourm.data.pretokenize import tokenize_shards
+    from fourm.vq.loading import load_tokenizers
+
+    toks = load_tokenizers(args.tokenizers, map_location=args.device)
+    if args.modalities:
+        wanted = _names(args.modalities)
+        missing = [m for m in wanted if m not in toks]
+        if missing:
+            return _fail(f"--modalities names {missing}, not found in {args.tokenizers}; found: {', '.join(toks)}")
+        toks = {m: toks[m] for m in wanted}
+    specs = None
+    if args.config is not None:
+        from fourm.config import load_yaml
+        from fourm.modalities import ModalityRegistry
+
+        try:
+            specs = list(ModalityRegistry.from_mapping(load_yaml(args.config).get("modalities") or {}))
+        except ValueError as e:
+            return _fail(f"--config {args.config}: {e}")
+    try:
+        out = tokenize_shards(args.input, args.output, toks, batch_size=args.batch_size,
+                              tokenizer_dir=Path(args.tokenizers), progress=not args.no_progress,
+                              keep=_names(args.keep), specs=specs, text_fields=_names(args.text_fields))
+    except ValueError as e:
+        return _fail(str(e))
+    print(json.dumps({"written": len(out["written"]), "skipped": len(out["skipped"]), "samples": out["samples"]}))
     return 0

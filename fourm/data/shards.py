@@ -11,8 +11,8 @@ same samples always give byte-identical tars (on one machine: PNG bytes depend o
 Every file is written under a temporary name and renamed into place, so a crash never leaves a
 half-written shard under its final name.
 
-Reading lives in :mod:`fourm.data.shard_reader` (``ShardDataset``, ``SkipStats``); the names are
-also importable from here.
+Reading lives in :mod:`fourm.data.shard_reader` (``ShardDataset``, ``SkipStats``), which imports
+this module (never the other way round).
 """
 from __future__ import annotations
 
@@ -476,15 +476,3 @@ def iter_tar_names(path: str | os.PathLike) -> Iterator[str]:
     with tarfile.open(path, mode="r:") as tf:
         for m in tf:
             yield m.name
-
-
-_READER_NAMES = ("ShardDataset", "SkipStats", "SkipEvent", "CorruptSampleError", "SKIP_REASONS")
-
-
-def __getattr__(name: str) -> Any:
-    # Re-export the reader lazily: shard_reader imports this module, so an eager import would be circular.
-    if name in _READER_NAMES:
-        from fourm.data import shard_reader
-
-        return getattr(shard_reader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

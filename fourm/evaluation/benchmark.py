@@ -46,18 +46,18 @@ import numpy as np
 import torch
 from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
+from fourm.data.image_sources import stored_image
 from fourm.data.shapes_world import WorldConfig, parse_caption, render_scene
-from fourm.evaluation import task_metrics as tm
-from fourm.evaluation.metrics import scene_f1
+from fourm.evaluation.dense import depth_scores, semseg_scores
+from fourm.evaluation.detection import detection_map
+from fourm.evaluation.objects import layout_scores, object_triples, scene_f1, triple_f1
 from fourm.evaluation.report import BenchmarkResult, GridRow
 from fourm.evaluation.scene_parser import parse_scene
-from fourm.generation.inputs import tokenizer_key
 from fourm.generation.sampler import GenerationResult, Sampler
 from fourm.generation.target import Target
 from fourm.masking.spans import EOS_ID
 from fourm.models import FourM
 from fourm.vq.boxes import boxes_to_ids, parse_boxes
-from fourm.vq.normalize import from_world
 
 DEFAULT_SEED = 1000
 IMAGE_KEYS: tuple[str, ...] = ("rgb", "depth", "semseg")
@@ -136,13 +136,13 @@ class DecodingSettings:
 
 
 def _modality_names(model: FourM) -> dict[str, str]:
-    """Raw key -> the model's modality for it (image-token modalities by their tokenizer)."""
+    """Raw key -> the model's modality for it (the modality whose ``raw_field`` it is)."""
     names = {}
     for spec in model.specs.values():
-        if spec.kind == "image" and tokenizer_key(spec) in IMAGE_KEYS:
-            names.setdefault(tokenizer_key(spec), spec.name)
-        elif spec.kind == "sequence" and spec.name in ("caption", "det"):
-            names[spec.name] = spec.name
+        if spec.kind == "image" and spec.raw_field in IMAGE_KEYS:
+            names.setdefault(spec.raw_field, spec.name)
+        elif spec.kind == "sequence" and spec.raw_field in ("caption", "det"):
+            names.setdefault(spec.raw_field, spec.name)
     return names
 
 
@@ -172,7 +172,7 @@ def _check_setup(model: FourM, tokenizers: Mapping[str, Any], tasks: Sequence[st
             if key not in names:
                 raise ValueError(f"task {task!r} needs modality {key!r}, which this model lacks; it has: "
                                  f"{', '.join(model.specs)} (choose other tasks with --tasks)")
-            need = key if key in IMAGE_KEYS else "text"
+            need = model.specs[names[key]].tokenizer
             if need not in tokenizers:
                 raise ValueError(f"task {task!r} needs the {need!r} tokenizer; have: {', '.join(tokenizers) or 'none'}")
         for key in conds:
@@ -221,17 +221,16 @@ def box_scores(span: Sequence[int], logits: torch.Tensor, boxes: Sequence[dict],
 class _Batch:
     """Ground truth of a batch of scenes, its tokens and its tokenizer round trips."""
 
-    def __init__(self, scenes: list[dict], tokenizers: Mapping[str, Any], keys: set[str]) -> None:
+    def __init__(self, scenes: list[dict], image_tokenizers: Mapping[str, Any]) -> None:
+        """``image_tokenizers``: raw key (rgb, depth, semseg) -> the tokenizer of the model's modality for it."""
         self.scenes = scenes
         self.tokens: dict[str, torch.Tensor] = {}
         self.recon: dict[str, list[np.ndarray]] = {}
-        for key in IMAGE_KEYS:
-            if key in keys:
-                tok = tokenizers[key]
-                self.tokens[key] = tok.encode(torch.stack([from_world(s, key) for s in scenes])).cpu()  # (B, h, w)
-                images = tok.decode(self.tokens[key].to(tok.device)).cpu()
-                images = images.permute(0, 2, 3, 1) if key == "rgb" else images  # rgb (B, H, W, 3)
-                self.recon[key] = [im.numpy() for im in images]
+        for key, tok in image_tokenizers.items():
+            self.tokens[key] = tok.encode(torch.stack([stored_image(s, key) for s in scenes])).cpu()  # (B, h, w)
+            images = tok.decode(self.tokens[key].to(tok.device)).cpu()
+            images = images.permute(0, 2, 3, 1) if tok.kind == "rgb" else images  # rgb (B, H, W, 3)
+            self.recon[key] = [im.numpy() for im in images]
         self._parsed_recon: list | None = None
 
     @property
@@ -245,7 +244,7 @@ class _Batch:
         """The input value of raw modality ``key`` for the sampler, as the model's ``name`` (``spec``)."""
         spec_grid = spec.grid
         if spec.kind == "pixels":  # rgb as stored (uint8): the sampler normalises it as training did
-            px = torch.stack([from_world(s, key) for s in self.scenes])
+            px = torch.stack([stored_image(s, key) for s in self.scenes])
             if tuple(px.shape[2:]) != tuple(spec.image_size):
                 raise ValueError(f"{key} images of these scenes are {tuple(px.shape[2:])} but the model's {name!r} "
                                  f"takes {tuple(spec.image_size)}; set image_size to the model's training size")
@@ -294,10 +293,12 @@ def run_benchmark(model: FourM, tokenizers: Mapping[str, Any], *, seed: int = DE
     decoding = decoding or DecodingSettings()
     names, cond_names = _check_setup(model, tokenizers, tasks, rgb_input)
     cfg = WorldConfig(image_size=image_size)
-    text = tokenizers.get("text")
+    text = next((tokenizers[model.specs[names[k]].tokenizer] for k in ("caption", "det") if k in names
+                 and model.specs[names[k]].tokenizer in tokenizers), None)
     sampler = Sampler(model, tokenizers, progress=False)
     # image modalities to tokenize: the conditions, and the last generation of each task (its bound)
     keys = {k for t in tasks for k in TASKS[t][0] + TASKS[t][1][-1:] if k in IMAGE_KEYS}
+    image_tokenizers = {k: tokenizers[model.specs[names[k]].tokenizer] for k in sorted(keys, key=IMAGE_KEYS.index)}
     preds: dict[str, dict[str, list]] = {t: {"model": [], "bound": []} for t in tasks}
     gt_parsed, truth = [], []
     grid: list[GridRow] = []
@@ -306,7 +307,7 @@ def run_benchmark(model: FourM, tokenizers: Mapping[str, Any], *, seed: int = DE
     for lo in range(0, num_samples, batch_size):
         idx = range(lo, min(lo + batch_size, num_samples))
         scenes = [render_scene(seed, i, cfg) for i in idx]
-        batch = _Batch(scenes, tokenizers, keys)
+        batch = _Batch(scenes, image_tokenizers)
         truth += [{k: s[k] for k in ("objects", "caption", "semseg", *keys & {"depth"})} for s in scenes]
         gt_parsed += [parse_scene(s["rgb"]) for s in scenes]
         rows = [GridRow(s) for s in scenes[: max(0, grid_scenes - lo)]]
@@ -380,15 +381,15 @@ def _score(task: str, preds: list, truth: list[dict]) -> dict[str, Any]:
     """Scores of one task from per-scene predictions (model or bound) against the ground truth
     (per scene: ``objects``, ``caption`` and the dense maps)."""
     if task == "rgb2semseg":
-        return tm.semseg_scores(preds, [s["semseg"] for s in truth])
+        return semseg_scores(preds, [s["semseg"] for s in truth])
     if task == "rgb2depth":
-        return tm.depth_scores(preds, [s["depth"] for s in truth], [s["semseg"] != 0 for s in truth])
+        return depth_scores(preds, [s["depth"] for s in truth], [s["semseg"] != 0 for s in truth])
     if task == "rgb2caption":
-        return tm.triple_f1(preds, [tm.object_triples(s["objects"]) for s in truth])
+        return triple_f1(preds, [object_triples(s["objects"]) for s in truth])
     gt_det = [[{"box": o["box"], "class": o["shape"]} for o in s["objects"]] for s in truth]
     if task == "rgb2det":
-        return tm.detection_map(preds, gt_det)
+        return detection_map(preds, gt_det)
     if task in LAYOUT_TASKS:
-        return tm.layout_scores(preds, gt_det)
+        return layout_scores(preds, gt_det)
     # caption2rgb, caption2det2rgb: against the objects the conditioning caption names
-    return tm.triple_f1([tm.object_triples(p) for p in preds], [parse_caption(s["caption"]) for s in truth])
+    return triple_f1([object_triples(p) for p in preds], [parse_caption(s["caption"]) for s in truth])

@@ -74,7 +74,7 @@ class BenchmarkResult:
 
     Attributes:
         tasks: the tasks run, in order.
-        scores: task -> {"model": scores, "tokenizer_bound": scores} (see ``fourm.evaluation.task_metrics``).
+        scores: task -> {"model": scores, "tokenizer_bound": scores} (see ``fourm.evaluation.dense``, ``detection`` and ``objects``).
         seed: world and sampling seed.
         num_samples: number of scenes.
         image_size: scene size in pixels.

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from fourm.generation.inputs import State, broadcast_entry, build_state, sequence_entry, sequence_ids, tokenizer_key
+from fourm.generation.inputs import State, broadcast_entry, build_state, sequence_entry, sequence_ids
 from fourm.generation.sampler import GenerationResult, Sampler, make_generator
 from fourm.generation.target import Target, as_targets
 from fourm.masking.spans import EOS_ID, sentinel_id
@@ -112,7 +112,7 @@ def _boxes_per_sample(result: GenerationResult, modality: str,
                       tokenizers: Mapping[str, Any] | None) -> tuple[Any, list[list[dict]], list[bool]]:
     """The text tokenizer, the boxes of each sample and whether its sequence ends open (a sentinel)."""
     spec = result.specs[modality]
-    key = tokenizer_key(spec)
+    key = spec.tokenizer
     if not tokenizers or key not in tokenizers:
         raise ValueError(f"box edits of {modality!r} need the {key!r} tokenizer; pass tokenizers")
     tok = tokenizers[key]

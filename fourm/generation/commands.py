@@ -34,13 +34,12 @@ import fourm
 from fourm.config import save_json_atomic
 from fourm.generation.decode import decode_state, output_kind, render_grid, save_png, to_tile
 from fourm.generation.guidance import Condition
-from fourm.generation.inputs import raw_aliases, tokenizer_key
+from fourm.generation.inputs import raw_aliases
 from fourm.generation.sampler import Sampler
 from fourm.generation.target import Target
 from fourm.models import FourM
 
 DEFAULT_TOKENIZERS = Path(fourm.__file__).resolve().parents[1] / "tokenizers" / "shapes64"
-SCENE_MODALITIES = ("rgb", "depth", "semseg", "caption", "det")
 _INT_FIELDS = {"steps", "max_tokens"}
 _FLOAT_FIELDS = {"temperature", "top_p", "cfg_scale"}
 _STR_FIELDS = {"scheme", "schedule", "temperature_schedule"}
@@ -68,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--world-seed", type=int, default=0, help="ShapesWorld seed of --index (default 0)")
     p.add_argument("--image-size", type=int, default=64, help="ShapesWorld image size of --index (default 64)")
     p.add_argument("--from-scene", default="rgb",
-                   help=f"comma-separated modalities of the scene that condition ({', '.join(SCENE_MODALITIES)}; default rgb)")
+                   help="comma-separated raw fields of the scene that condition (rgb, depth, semseg, caption, det; "
+                        "default rgb)")
     p.add_argument("--target", action="append", default=[], metavar="SPEC",
                    help="NAME[:key=value,...], e.g. tok_rgb:steps=8,cfg_scale=3 (repeat; generated in order)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=128, help="tile size of grid.png in pixels (default 128)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-cache", action="store_true", help="decode sequences without the key/value cache (slower)")
-    photo = p.add_argument_group("a photo through a 4M reference model (--image; see fourm.compat.ml4m_photo)")
+    photo = p.add_argument_group("a photo through a 4M reference model (--image; see fourm.generation.photo)")
     photo.add_argument("--image", type=Path, default=None,
                        help="an rgb photo: with a reference model and --tokenizers holding reference tokenizer "
                             "folders, generate depth and semseg (or --target) and write them as PNGs")
@@ -176,18 +176,17 @@ def _read_input(name: str, value: str, specs: dict) -> Any:
 
 
 def _scene_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    from fourm.data.shapes_world import WorldConfig, render_scene
+    from fourm.data.shapes_modalities import scene_conditions
 
-    scene = render_scene(args.world_seed, args.index, WorldConfig(image_size=args.image_size))
     names = [n.strip() for n in args.from_scene.split(",") if n.strip()]
-    bad = [n for n in names if n not in SCENE_MODALITIES]
-    if bad:
-        raise ValueError(f"--from-scene {bad[0]!r}; allowed: {', '.join(SCENE_MODALITIES)}")
-    return {n: scene[n] for n in names}, scene
+    try:
+        return scene_conditions(args.world_seed, args.index, args.image_size, names)
+    except ValueError as e:
+        raise ValueError(f"--from-scene: {e}") from None
 
 
 def _load_tokenizers(args: argparse.Namespace) -> dict[str, Any]:
-    from fourm.vq.vqvae import load_tokenizers
+    from fourm.vq.loading import load_tokenizers
 
     path = args.tokenizers or (DEFAULT_TOKENIZERS if DEFAULT_TOKENIZERS.is_dir() else None)
     toks = dict(load_tokenizers(path, map_location=args.device)) if path else {}
@@ -200,7 +199,7 @@ def _load_tokenizers(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     if args.image is not None:
-        from fourm.compat.ml4m_photo import cmd_photo
+        from fourm.generation.photo import cmd_photo
 
         return cmd_photo(args, load_model, parse_target)
     if not args.target:
@@ -233,7 +232,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     def shown(state: dict, names: list[str]) -> list[str]:
         return [n for n in names if n in state and output_kind(specs[n]) != "pixels"
-                and (specs[n].kind != "sequence" or tokenizer_key(specs[n]) in tokenizers)]
+                and (specs[n].kind != "sequence" or specs[n].tokenizer in tokenizers)]
 
     decoded_in = decode_state(initial.state, specs, tokenizers, shown(initial.state, list(initial.state)))
     decoded = decode_state(result.state, specs, tokenizers, shown(result.state, generated))
@@ -244,7 +243,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
              out / "grid.png")
     images = []
     for name in generated:
-        kind = output_kind(specs[name])
+        kind = output_kind(specs[name], tokenizers)
         if name in decoded and kind in ("rgb", "depth", "semseg", "tokens"):
             for i, value in enumerate(decoded[name]):
                 images.append(str(save_png(to_tile(kind, value, args.tile), out / f"{name}_{i}.png")))

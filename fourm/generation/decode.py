@@ -6,10 +6,11 @@
     save_png(grid, "out/grid.png")
 
 What each modality decodes to (:func:`output_kind`): image modalities through their tokenizer
-(``rgb`` -> (H, W, 3) uint8, ``depth`` -> (H, W) float metres, ``semseg`` -> (H, W) uint8 class
-ids); ``det`` -> boxes (``fourm.vq.boxes.parse_boxes``, which never raises on malformed output);
-other sequences -> text (the text tokenizer, up to [EOS]). An image modality without a tokenizer
-is shown as its token grid in false colours. Only PIL and numpy draw.
+(``ModalitySpec.tokenizer``), as its kind stores them (rgb -> (H, W, 3) uint8, depth -> (H, W)
+float metres, semseg -> (H, W) uint8 class ids); ``det`` -> boxes (``fourm.vq.boxes.parse_boxes``,
+which never raises on malformed output); other sequences -> text (their tokenizer, up to [EOS]).
+An image modality without a tokenizer is shown as its token grid in false colours. Only PIL and
+numpy draw.
 """
 from __future__ import annotations
 
@@ -24,27 +25,32 @@ from PIL import Image, ImageDraw, ImageFont
 from fourm.atomic import atomic_write
 from fourm.data.contact_sheet import SEMSEG_PALETTE, colorize_depth, colorize_semseg
 from fourm.data.shapes_world import SEMSEG_CLASSES
-from fourm.generation.inputs import State, sequence_ids, tokenizer_key
+from fourm.generation.inputs import State, sequence_ids
 from fourm.masking.spans import EOS_ID
 from fourm.modalities import ModalitySpec
 from fourm.vq.boxes import parse_boxes
 
-OUTPUT_KINDS: tuple[str, ...] = ("rgb", "depth", "semseg", "tokens", "text", "boxes", "pixels")
+OUTPUT_KINDS: tuple[str, ...] = ("rgb", "depth", "semseg", "image", "tokens", "text", "boxes", "pixels")
 _BG, _INK, _GAP = (255, 255, 255), (20, 20, 20), 4
 
 
-def output_kind(spec: ModalitySpec) -> str:
-    """What ``spec`` decodes to: one of :data:`OUTPUT_KINDS`."""
+def output_kind(spec: ModalitySpec, tokenizers: Mapping[str, Any] | None = None) -> str:
+    """What ``spec`` decodes to: one of :data:`OUTPUT_KINDS`. An image modality gives its
+    tokenizer's kind (``rgb``, ``depth``, ``semseg``) when ``tokenizers`` has it, ``tokens`` when
+    they lack it, and ``image`` (an image or a token grid: :func:`to_tile` tells them apart) when
+    no tokenizers are given."""
     if spec.kind == "pixels":
         return "pixels"
     if spec.kind == "sequence":
         return "boxes" if spec.name.split("@")[0] == "det" else "text"
-    key = tokenizer_key(spec)
-    return key if key in ("rgb", "depth", "semseg") else "tokens"
+    if tokenizers is None:
+        return "image"
+    tok = tokenizers.get(spec.tokenizer)
+    return getattr(tok, "kind", "tokens") if tok is not None else "tokens"
 
 
 def _text_tokenizer(spec: ModalitySpec, tokenizers: Mapping[str, Any] | None) -> Any:
-    key = tokenizer_key(spec)
+    key = spec.tokenizer
     if not tokenizers or key not in tokenizers:
         raise ValueError(f"decoding {spec.name!r} needs the {key!r} tokenizer; have: {', '.join(tokenizers or {}) or 'none'}")
     return tokenizers[key]
@@ -66,7 +72,7 @@ def decode_images(tokens: torch.Tensor, spec: ModalitySpec, tokenizers: Mapping[
     metres, semseg (H, W) uint8 ids; without a tokenizer, the (rows, cols) token grid.
     ``seed``: the noise of a tokenizer with a diffusion decoder (conv decoders ignore it)."""
     grid = tokens.reshape(tokens.shape[0], *spec.grid).cpu()
-    tok = (tokenizers or {}).get(tokenizer_key(spec))
+    tok = (tokenizers or {}).get(spec.tokenizer)
     if tok is None:
         return [g.numpy() for g in grid]
     if getattr(tok, "is_diffusion", False):
@@ -74,7 +80,7 @@ def decode_images(tokens: torch.Tensor, spec: ModalitySpec, tokenizers: Mapping[
         images = tok.decode(grid.to(tok.device), generator=g).cpu()
     else:
         images = tok.decode(grid.to(tok.device)).cpu()
-    if output_kind(spec) == "rgb":
+    if tok.kind == "rgb":
         images = images.permute(0, 2, 3, 1)  # (B, H, W, 3)
     return [im.numpy() for im in images]
 
@@ -187,6 +193,8 @@ def to_tile(kind: str, value: Any, size: int = 128, background: Any = None) -> I
     if kind == "text":
         return text_tile(value, size)
     arr = np.asarray(value)
+    if kind == "image":  # decoded without knowing the tokenizer: read the kind off the array
+        kind = "tokens" if arr.dtype == np.int64 else "rgb" if arr.ndim == 3 else "depth" if arr.dtype.kind == "f" else "semseg"
     if kind == "tokens" or (kind in ("rgb", "depth", "semseg") and arr.dtype == np.int64):  # a token grid
         return token_grid_image(arr, size)
     if kind == "rgb":
@@ -218,7 +226,8 @@ def render_grid(decoded: Mapping[str, Sequence[Any]], specs: Mapping[str, Modali
     if not columns:
         raise ValueError("nothing to draw: decoded is empty")
     rows = len(decoded[columns[0]])
-    rgb_name = next((n for n in decoded if output_kind(specs[n]) == "rgb"), None)
+    rgb_name = next((n for n in decoded if specs[n].kind == "image" and decoded[n] and np.asarray(decoded[n][0]).ndim == 3
+                     and np.asarray(decoded[n][0]).dtype == np.uint8), None)
     f = font(12)
     label_w = 40 if row_labels else 0
     head = 18

@@ -21,11 +21,12 @@ User inputs, per key (:func:`build_state`):
   list of lists, (L,) or (B, L) tensor; [PAD] = 0 is dropped); pixels as uint8 (B, C, H, W) as
   stored, or float in [-1, 1];
   or a ready entry ``{"tokens", "is_input"}``;
-* the raw name of an image modality's tokenizer (``"rgb"`` for ``tok_rgb``, ``"depth"``,
-  ``"semseg"``): images as stored (rgb uint8 (B, 3, H, W) or (H, W, 3), a PIL image, depth float
-  metres (B, H, W), semseg class ids), encoded with that tokenizer. On a model that has an ``rgb``
-  pixel modality, ``"rgb"`` is that modality (pixels in); ``"tok_rgb"`` then takes the images to
-  encode as tokens (needed to in-paint or edit rgb tokens).
+* an image modality's raw field (``ModalitySpec.raw_field``: ``"rgb"`` for ``tok_rgb``,
+  ``"depth"``, ``"semseg"``, ``"normal"`` for ``tok_normal``): images as stored (rgb uint8
+  (B, 3, H, W) or (H, W, 3), a PIL image, depth float metres (B, H, W), semseg class ids),
+  encoded with the modality's tokenizer (``ModalitySpec.tokenizer``). On a model that has an
+  ``rgb`` pixel modality, ``"rgb"`` is that modality (pixels in); ``"tok_rgb"`` then takes the
+  images to encode as tokens (needed to in-paint or edit rgb tokens).
 
 Sequences get [EOS] appended (as training did) unless they hold one or end with a sentinel (a
 sentinel at the end stands for "the rest of the sequence, its end included").
@@ -45,23 +46,13 @@ from fourm.vq.boxes import boxes_to_ids
 State = dict[str, dict[str, Tensor]]
 
 
-def tokenizer_key(spec: ModalitySpec) -> str:
-    """Key of the tokenizer of ``spec`` in a tokenizers dict: ``spec.tokenizer``, else ``"text"``
-    for sequences, else the name without ``tok_`` and ``@size`` (``tok_rgb@224`` -> ``rgb``)."""
-    if spec.tokenizer:
-        return spec.tokenizer
-    if spec.kind == "sequence":
-        return "text"
-    return spec.name.removeprefix("tok_").split("@")[0]
-
-
 def raw_aliases(specs: Mapping[str, ModalitySpec]) -> dict[str, str]:
-    """Raw names of image-token modalities (``"rgb"`` -> ``"tok_rgb"``), except names that are
-    themselves token modalities of the model. A raw name that is also a pixel modality (a model
+    """Raw fields of image-token modalities (``"rgb"`` -> ``"tok_rgb"``), except fields that are
+    themselves token modalities of the model. A raw field that is also a pixel modality (a model
     with rgb pixel input) keeps its alias, but as an input it means the pixels (the model's own
     modality comes first); as a target, which pixels cannot be, it means the tokens."""
-    return {tokenizer_key(s): s.name for s in specs.values() if s.kind == "image"
-            and (tokenizer_key(s) not in specs or specs[tokenizer_key(s)].kind == "pixels")}
+    return {s.raw_field: s.name for s in specs.values() if s.kind == "image"
+            and (s.raw_field not in specs or specs[s.raw_field].kind == "pixels")}
 
 
 def _get_tokenizer(tokenizers: Mapping[str, Any] | None, key: str, what: str) -> Any:
@@ -124,12 +115,12 @@ def _is_box(x: Any) -> bool:
 def _one_sequence(value: Any, spec: ModalitySpec, tokenizers: Mapping[str, Any] | None) -> list[int]:
     """One sample's ids from text, boxes or ids."""
     if isinstance(value, str):
-        return list(_get_tokenizer(tokenizers, tokenizer_key(spec), f"text for {spec.name!r}").encode(value))
+        return list(_get_tokenizer(tokenizers, spec.tokenizer, f"text for {spec.name!r}").encode(value))
     if isinstance(value, (Tensor, np.ndarray)):
         value = value.tolist()
     value = list(value)
     if value and all(_is_box(v) for v in value):
-        return boxes_to_ids(value, _get_tokenizer(tokenizers, tokenizer_key(spec), f"boxes for {spec.name!r}"))
+        return boxes_to_ids(value, _get_tokenizer(tokenizers, spec.tokenizer, f"boxes for {spec.name!r}"))
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
         return [int(v) for v in value if int(v) != PAD_ID]
     raise TypeError(f"{spec.name!r}: cannot read {value!r:.80} as text, boxes or token ids")
@@ -170,8 +161,8 @@ def image_tokens(value: Any, spec: ModalitySpec) -> Tensor:
     t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
     L, grid = spec.num_tokens, tuple(spec.grid)
     if t.is_floating_point() or t.dtype == torch.bool:
-        raise TypeError(f"{spec.name!r} takes integer token ids, got {t.dtype}; give raw images under the "
-                        f"tokenizer's name ({tokenizer_key(spec)!r}) to encode them")
+        raise TypeError(f"{spec.name!r} takes integer token ids, got {t.dtype}; give raw images under its raw "
+                        f"field ({spec.raw_field!r}) to encode them")
     if t.dim() == 1 and t.shape[0] == L or t.dim() == 2 and tuple(t.shape) == grid:
         t = t.reshape(1, L)
     elif t.dim() == 3 and tuple(t.shape[1:]) == grid or t.dim() == 2 and t.shape[1] == L:
@@ -185,16 +176,16 @@ def image_tokens(value: Any, spec: ModalitySpec) -> Tensor:
     return t.long()
 
 
-def _raw_images(value: Any, key: str) -> Tensor:
-    """Batched images as stored: rgb (B, 3, H, W), depth / semseg (B, H, W)."""
+def _raw_images(value: Any, kind: str) -> Tensor:
+    """Batched images as stored: rgb (B, 3, H, W), depth / semseg kinds (B, H, W)."""
     if hasattr(value, "convert") and hasattr(value, "size"):  # a PIL image
-        value = np.asarray(value.convert("RGB") if key == "rgb" else value)
+        value = np.asarray(value.convert("RGB") if kind == "rgb" else value)
     if isinstance(value, (list, tuple)):
-        return torch.cat([_raw_images(v, key) for v in value])
+        return torch.cat([_raw_images(v, kind) for v in value])
     t = torch.from_numpy(np.array(value)) if isinstance(value, np.ndarray) else value  # a copy: arrays may be read-only
     if not isinstance(t, Tensor):
-        raise TypeError(f"raw {key!r} input must be an array, tensor or PIL image, got {type(value).__name__}")
-    if key == "rgb":
+        raise TypeError(f"raw {kind} input must be an array, tensor or PIL image, got {type(value).__name__}")
+    if kind == "rgb":
         if t.dim() in (3, 4) and t.shape[-1] == 3 and t.shape[-3] != 3:  # channels last
             t = t.movedim(-1, -3)
         return t[None] if t.dim() == 3 else t
@@ -216,10 +207,9 @@ def _is_raw_image(value: Any) -> bool:
 
 
 def tokenize_images(value: Any, spec: ModalitySpec, tokenizers: Mapping[str, Any] | None) -> Tensor:
-    """Encode raw images of ``spec``'s tokenizer into (B, L) tokens."""
-    key = tokenizer_key(spec)
-    tok = _get_tokenizer(tokenizers, key, f"raw input {key!r}")
-    images = _raw_images(value, key)
+    """Encode raw images with ``spec``'s tokenizer into (B, L) tokens."""
+    tok = _get_tokenizer(tokenizers, spec.tokenizer, f"raw input {spec.raw_field!r}")
+    images = _raw_images(value, getattr(tok, "kind", spec.raw_field))
     codes = tok.encode(images)  # (B, rows, cols)
     return image_tokens(codes.cpu(), spec)
 

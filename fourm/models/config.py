@@ -1,6 +1,6 @@
 """The typed configuration of :class:`fourm.models.FourM` and the table of model sizes.
 
-    cfg = FourMConfig.from_size("base", shapes_world_modalities())
+    cfg = FourMConfig.from_size("base", ml4m_modalities("4m7"))
     cfg = FourMConfig(modalities=reg, dim=96, encoder_depth=3, decoder_depth=3, num_heads=3)
 
 Bad values are rejected at construction with a message that names the field.
@@ -12,7 +12,7 @@ from typing import Iterable
 
 from fourm.modalities import ModalityRegistry, ModalitySpec
 
-# The reference's sizes (reference-4m.md section 2.2); all other settings default to the released
+# The reference's sizes (ml-4m/fourm/models/fm.py); all other settings default to the released
 # models' choices (SwiGLU, no biases, LayerNorm eps 1e-6, no QK-norm).
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(dim=384, encoder_depth=6, decoder_depth=6, num_heads=6),

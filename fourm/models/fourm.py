@@ -51,11 +51,15 @@ from torch import Tensor, nn
 from fourm.atomic import atomic_write
 from fourm.models.blocks import ATTENTION_BACKENDS, Attention, Block, CrossAttention, DecoderBlock, LayerNorm
 from fourm.models.config import FourMConfig
-from fourm.models.embeddings import PAD_ID, build_decoder_embedding, build_encoder_embedding
-from fourm.models.head_loss import head_cross_entropy
+from fourm.models.cpu_memory import head_cross_entropy
+from fourm.models.embeddings import (PAD_ID, ImageTokenDecoderEmbedding, build_decoder_embedding,
+                                     build_encoder_embedding)
 
 FORMAT_NAME = "fourm.FourM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 files also hold a token table per image target (``decoder_embeddings.<name>.token_emb``)
+# that the forward never read: the reference has one. from_pretrained drops those tables.
+READS_VERSIONS = (1, 2)
 Batch = Mapping[str, Mapping[str, Tensor]]
 
 
@@ -123,8 +127,8 @@ class ModalityPredictions:
 @dataclass
 class FourMOutput:
     """``loss``: mean over modalities of each modality's mean cross-entropy. ``mod_losses``: per
-    modality (only modalities with targets, unless ``count_empty_modalities``). ``predictions``:
-    per-modality logits when ``return_logits``."""
+    modality with targets in the batch. ``predictions``: per-modality logits when ``return_logits``
+    (also of modalities without targets: (0, vocab))."""
 
     loss: Tensor
     mod_losses: dict[str, Tensor]
@@ -253,6 +257,10 @@ class FourM(nn.Module):
                 m.bias.zero_()
             elif isinstance(m, nn.Embedding):
                 m.weight.normal_(0.0, std, generator=g)
+            elif isinstance(m, ImageTokenDecoderEmbedding):
+                # draws of the token table image targets had until format 2 (never used): the same
+                # seed keeps giving the same weights, so runs of earlier configs reproduce exactly
+                torch.empty(m.vocab_size, self.config.dim, device=g.device).normal_(0.0, std, generator=g)
         self.mask_token.normal_(0.0, std, generator=g)
         for emb in self.encoder_embeddings.values():
             emb.mod_emb.normal_(0.0, std, generator=g)
@@ -389,32 +397,29 @@ class FourM(nn.Module):
             out[name] = ModalityPredictions(logits, dec.target_ids.flatten()[flat], b, p)
         return out
 
-    def forward_loss(self, dec: DecoderState, return_logits: bool = False,
-                     count_empty_modalities: bool = False) -> FourMOutput:
-        """Mean over modalities of each modality's mean cross-entropy.
+    def forward_loss(self, dec: DecoderState, return_logits: bool = False) -> FourMOutput:
+        """Mean over modalities of each modality's mean cross-entropy (modalities without target
+        slots in the batch are left out; ``fourm.compat.ml4m`` reproduces the reference, which
+        counts them as 0).
 
         Args:
             dec: the decoder state.
-            return_logits: keep the per-modality logits in the output.
-            count_empty_modalities: reproduce the reference exactly: a modality present in the
-                batch with no target slot counts as loss 0 in the mean. By default it is left out.
+            return_logits: keep the per-modality logits in the output (else the fused head and
+                cross-entropy of :mod:`fourm.models.cpu_memory` never materialise them).
         """
         preds = self.decode_logits(dec) if return_logits else None
         hidden, targets = dec.hidden.flatten(0, 1), dec.target_ids.flatten()  # (B*M, D), (B*M,)
         mod_losses = {}
         for name in dec.selection.names:
             flat = dec.selection.rows(name)[0]  # (n,) slots of this modality
-            module = self.decoder_embeddings[name]
+            if len(flat) == 0:
+                continue
             if preds is not None:  # logits wanted: the head, then the cross-entropy
-                if len(flat) > 0:
-                    mod_losses[name] = F.cross_entropy(preds[name].logits.float(), preds[name].target_ids)
-                elif count_empty_modalities:
-                    mod_losses[name] = preds[name].logits.sum() * 0.0
-            elif len(flat) > 0:  # fused: the (n, V) logits never leave head_cross_entropy
+                mod_losses[name] = F.cross_entropy(preds[name].logits.float(), preds[name].target_ids)
+            else:
+                module = self.decoder_embeddings[name]
                 mod_losses[name] = head_cross_entropy(module.to_logits, hidden.index_select(0, flat), targets[flat],
-                                                      module.logits_grad, module.logits_work)
-            elif count_empty_modalities:  # through the head, so that it gets its (zero) gradient
-                mod_losses[name] = module.forward_logits(hidden.index_select(0, flat)).sum() * 0.0
+                                                      module.memory)
         if mod_losses:
             loss = torch.stack(list(mod_losses.values())).mean()
         else:  # nothing to predict: a zero that still has a graph
@@ -422,18 +427,24 @@ class FourM(nn.Module):
         return FourMOutput(loss, mod_losses, preds)
 
     def forward(self, batch: Batch, num_encoder_tokens: int, num_decoder_tokens: int, *,
-                return_logits: bool = False, count_empty_modalities: bool = False) -> FourMOutput:
+                return_logits: bool = False) -> FourMOutput:
         """Encoder, decoder and loss. See the module docstring for the batch format.
 
         Args:
             batch: modality -> {"tokens", "is_input", "is_target"}; missing modalities are absent.
             num_encoder_tokens: encoder slots N per sample.
             num_decoder_tokens: decoder slots M per sample.
-            return_logits, count_empty_modalities: see :meth:`forward_loss`.
+            return_logits: see :meth:`forward_loss`.
         """
         enc = self.forward_encoder(batch, num_encoder_tokens)
         dec = self.forward_decoder(batch, enc, num_decoder_tokens)
-        return self.forward_loss(dec, return_logits, count_empty_modalities)
+        return self.forward_loss(dec, return_logits)
+
+    def set_cpu_memory_reuse(self, enabled: bool) -> None:
+        """Reuse the memory of vocabulary-sized gradients and logits on CPU from step to step, or
+        not (:mod:`fourm.models.cpu_memory`; on by default; results are the same either way)."""
+        for emb in [*self.encoder_embeddings.values(), *self.decoder_embeddings.values()]:
+            emb.memory.enabled = bool(enabled)
 
     # ------------------------------------------------------------------ features
     def extract_features(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]],
@@ -503,12 +514,17 @@ class FourM(nn.Module):
         """Load a directory written by :meth:`save_pretrained`; keys must match exactly."""
         path = Path(path)
         cfg = json.loads((path / "config.json").read_text())
-        if cfg.get("format") != FORMAT_NAME or cfg.get("format_version") != FORMAT_VERSION:
+        if cfg.get("format") != FORMAT_NAME or cfg.get("format_version") not in READS_VERSIONS:
             raise ValueError(f"{path / 'config.json'}: format {cfg.get('format')!r} version {cfg.get('format_version')!r}; "
-                             f"expected {FORMAT_NAME!r} version {FORMAT_VERSION} (reference checkpoints: fourm.compat.ml4m)")
+                             f"expected {FORMAT_NAME!r} version {' or '.join(map(str, READS_VERSIONS))} "
+                             "(reference checkpoints: fourm.compat.ml4m)")
         with torch.device("meta"):
             model = cls(FourMConfig.from_dict(cfg["config"]))
         state = load_file(str(path / "model.safetensors"), device=str(device))
+        if cfg["format_version"] == 1:  # the unused token tables of image targets (see READS_VERSIONS)
+            unused = {f"decoder_embeddings.{m.name}.token_emb.weight" for m in model.config.modalities
+                      if m.kind == "image" and m.decoder}
+            state = {k: v for k, v in state.items() if k not in unused}
         # weights stored in half precision (save_pretrained(dtype=...)) compute in float32
         state = {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in state.items()}
         model.load_state_dict_checked(state, assign=True)

@@ -34,21 +34,15 @@ from fourm.config import ConfigError
 from fourm.data.shard_reader import ShardDataset
 from fourm.masking import Batch, UnifiedMasking, collate_masked, generator_for
 from fourm.modalities import ModalityRegistry, ModalitySpec, pixels_to_float
+from fourm.training.task import MicroBatch
 
 logger = logging.getLogger(__name__)
 MIXTURE_TAG = 0x6D6978  # separates the mixture's draws from other uses of the seed
 
 
-def default_field(spec: ModalitySpec) -> str:
-    """Shard field of a modality as ``fourm tokenize`` writes it: ``tok_rgb``, ``tok_caption``; pixels: its name."""
-    if spec.kind == "pixels" or spec.name.startswith("tok_"):
-        return spec.name
-    return f"tok_{spec.name}"
-
-
 def modality_fields(registry: ModalityRegistry, names: Sequence[str], overrides: Mapping[str, str]) -> dict[str, str]:
-    """Shard field per modality in ``names`` (defaults from :func:`default_field`, then ``overrides``)."""
-    return {n: overrides.get(n, default_field(registry[n])) for n in names}
+    """Shard field per modality in ``names``: the spec's ``token_field``, unless ``overrides`` names another."""
+    return {n: overrides.get(n, registry[n].token_field) for n in names}
 
 
 class SampleMasker:
@@ -100,29 +94,6 @@ class SampleMasker:
         return item
 
 
-@dataclass
-class MicroBatch:
-    """One micro-batch of one rank.
-
-    ``batch`` is None for an empty micro-batch (every sample corrupt or invalid); ``keys`` are the
-    samples' keys, ``chunk`` the micro-batch's number in the epoch, ``num_tokens`` the input +
-    target tokens, ``invalid`` the samples dropped by the masker.
-    """
-
-    batch: Batch | None
-    keys: list[str]
-    chunk: int
-    num_tokens: int = 0
-    invalid: int = 0
-    source: int = 0
-    epoch: int = 0
-
-    def pin_memory(self) -> "MicroBatch":
-        if self.batch is not None:
-            self.batch = {m: {k: v.pin_memory() for k, v in d.items()} for m, d in self.batch.items()}
-        return self
-
-
 class CollateMicroBatch:
     """DataLoader ``collate_fn`` for the lists of masked samples that a batch-mode ShardDataset yields."""
 
@@ -168,14 +139,15 @@ def check_vocab_against_metadata(shards: str | Sequence[str], specs: Mapping[str
         if not os.path.isdir(folder) or not os.path.isfile(os.path.join(folder, "metadata.json")):
             continue
         meta = read_metadata(folder)
-        text_vocab = (meta.get("tokenizers") or {}).get("text", {}).get("vocab_size")
+        tokenizers = meta.get("tokenizers") or {}
         for name, field_name in fields.items():
             vocab = (meta.get("fields") or {}).get(field_name)
-            vocab = text_vocab if vocab == "text" else vocab
+            if isinstance(vocab, str):  # a sequence: the vocabulary of the tokenizer it names ("raw": none)
+                vocab = (tokenizers.get(vocab) or {}).get("vocab_size")
             spec = specs[name]
             if not isinstance(vocab, int) or spec.vocab_size is None:
                 continue
-            setting = "modalities.text_vocab" if spec.kind == "sequence" else f"modalities.image_vocab.{name}"
+            setting = f"modalities.{name}.vocab_size"
             if vocab > spec.vocab_size:
                 raise ConfigError(f"{where}: {folder}/metadata.json gives {field_name!r} a vocabulary of {vocab}, the "
                                  f"model's {name!r} has {spec.vocab_size}; set {setting}={vocab}")
@@ -223,7 +195,10 @@ class SourceStream:
                              f"micro-batch per process ({batch_size} x {world_size} processes); lower "
                              "data.batch_size or add data")
         extra = dict(persistent_workers=True, prefetch_factor=prefetch_factor) if num_workers > 0 else {}
+        # its own generator: starting an iterator draws a seed, which must not come from the global
+        # generator that the trainer seeds per step (masks and order come from generator_for)
         self.loader = DataLoader(self.dataset, batch_size=None, num_workers=num_workers,
+                                 generator=torch.Generator().manual_seed(seed),
                                  collate_fn=CollateMicroBatch(batch_size), pin_memory=pin_memory, **extra)
         self.epoch, self.next_chunk = 0, 0
         self._it: Iterator[MicroBatch] | None = None

@@ -6,9 +6,9 @@
 * CUDA: bf16 autocast unless ``precision: fp32``; DDP over NCCL, or FSDP with
   ``distributed.strategy: fsdp`` (each encoder/decoder block is one FSDP unit; ZeRO-2 by default as
   in the reference, ``use_orig_params`` so that the optimizer's parameter groups keep their names).
-* Activation checkpointing (``distributed.activation_checkpointing``): every block is recomputed
-  in the backward pass (non-reentrant); under FSDP accelerate applies it after wrapping. The
-  wrapper leaves state-dict keys unchanged, so checkpoints load either way.
+* Activation checkpointing (``distributed.activation_checkpointing``, FourM runs): every block is
+  recomputed in the backward pass (non-reentrant); under FSDP accelerate applies it after
+  wrapping. The wrapper leaves state-dict keys unchanged, so checkpoints load either way.
 """
 from __future__ import annotations
 
@@ -17,27 +17,29 @@ import functools
 import torch
 
 from fourm.config import ConfigError
-from fourm.models import Block, DecoderBlock
-from fourm.training.config import TrainConfig
+from fourm.training.config import DistributedConfig
 
 
-def build_accelerator(config: TrainConfig):
-    """The Accelerator for ``config``: CPU (gloo) without CUDA, bf16 autocast on CUDA by default, FSDP if asked."""
+def build_accelerator(precision: str, dist: DistributedConfig, fsdp_blocks: tuple[str, ...] = ()):
+    """The Accelerator of a run: CPU (gloo) without CUDA; with ``precision`` ``auto``, bf16 autocast
+    on CUDA; FSDP if asked, wrapping the classes named in ``fsdp_blocks`` one by one."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     cuda = torch.cuda.is_available()
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
-    dist = config.distributed
+    bf16 = precision == "bf16" or (precision == "auto" and cuda and torch.cuda.is_bf16_supported())
     plugin = None
     if dist.strategy == "fsdp":
+        if not fsdp_blocks:
+            raise ConfigError("distributed.strategy=fsdp is for FourM runs (their blocks are the wrap units); use "
+                              "distributed.strategy=ddp")
         if not cuda:
             raise ConfigError("distributed.strategy=fsdp needs CUDA GPUs; use distributed.strategy=ddp on CPU")
         from accelerate.utils import FullyShardedDataParallelPlugin
 
         plugin = FullyShardedDataParallelPlugin(
             sharding_strategy=dist.fsdp_sharding.upper(), auto_wrap_policy="transformer_based_wrap",
-            transformer_cls_names_to_wrap=["Block", "DecoderBlock"], use_orig_params=True,
+            transformer_cls_names_to_wrap=list(fsdp_blocks), use_orig_params=True,
             backward_prefetch="BACKWARD_PRE", state_dict_type="FULL_STATE_DICT",
             activation_checkpointing=dist.activation_checkpointing)
     return Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no", fsdp_plugin=plugin,
@@ -45,8 +47,8 @@ def build_accelerator(config: TrainConfig):
                            find_unused_parameters=dist.find_unused_parameters)])
 
 
-def apply_activation_checkpointing(model: torch.nn.Module) -> None:
-    """Recompute every encoder and decoder block in the backward pass (non-reentrant checkpointing)."""
+def apply_activation_checkpointing(model: torch.nn.Module, blocks: tuple[type, ...]) -> None:
+    """Recompute every module of the classes ``blocks`` in the backward pass (non-reentrant checkpointing)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
         CheckpointImpl,
         checkpoint_wrapper,
@@ -56,4 +58,4 @@ def apply_activation_checkpointing(model: torch.nn.Module) -> None:
     )
 
     wrapper = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
-    apply(model, checkpoint_wrapper_fn=wrapper, check_fn=lambda m: isinstance(m, (Block, DecoderBlock)))
+    apply(model, checkpoint_wrapper_fn=wrapper, check_fn=lambda m: isinstance(m, blocks))

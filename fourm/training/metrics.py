@@ -1,4 +1,5 @@
-"""Where training metrics go: a JSON-lines file, optionally TensorBoard, and per-rank sample-key logs.
+"""Where training metrics go: a JSON-lines file, optionally TensorBoard, per-rank sample-key logs, and
+the sums of the open logging interval (:class:`LogInterval`, kept in checkpoints).
 
 ``metrics.jsonl`` holds one object per line: training lines ``{"step", "split": "train", "loss",
 "loss/<modality>", "lr", "grad_norm", "tokens_per_s", ...}`` and validation lines ``{"step",
@@ -11,8 +12,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
+
+import torch
 
 from fourm.atomic import atomic_write_text
 
@@ -91,3 +95,30 @@ class MetricsLog:
         self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+
+
+class LogInterval:
+    """Sums of one logging interval, per process (device tensors; reduced when a line is written)."""
+
+    def __init__(self, num_metrics: int, device: torch.device) -> None:
+        self.n, self.device = num_metrics, device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(self.n, device=self.device)
+        self.counts = [0] * self.n
+        self.grad_norm = torch.zeros((), device=self.device)
+        self.micro = self.steps = self.tokens = self.samples = self.invalid = 0
+        self.t0 = time.perf_counter()
+
+    def state(self) -> dict:
+        return {"sums": self.sums.tolist(), "counts": list(self.counts), "grad_norm": self.grad_norm.item(),
+                "micro": self.micro, "steps": self.steps, "tokens": self.tokens, "samples": self.samples,
+                "invalid": self.invalid}
+
+    def load(self, s: dict) -> None:
+        self.sums = torch.tensor(s["sums"], dtype=torch.float32, device=self.device)
+        self.grad_norm = torch.tensor(s["grad_norm"], dtype=torch.float32, device=self.device)
+        self.counts = list(s["counts"])
+        self.micro, self.steps, self.tokens = s["micro"], s["steps"], s["tokens"]
+        self.samples, self.invalid = s["samples"], s["invalid"]

@@ -1,14 +1,14 @@
-"""AdamW with weight-decay groups, and the warm-up + cosine learning-rate schedule.
+"""AdamW with weight-decay groups, and the warm-up + cosine learning-rate schedule, for every run.
 
-    groups = param_groups(model, weight_decay=0.05)
-    opt = build_optimizer(model, OptimConfig(lr=1e-3))
+    groups = param_groups(model, weight_decay=0.05, no_decay=task.no_decay(model))
+    opt = build_optimizer(model, OptimConfig(lr=1e-3), no_decay)
     sched = build_scheduler(opt, OptimConfig(...), total_steps=1000)   # LambdaLR, step once per update
 
-Weight decay applies to weight matrices only. It is never applied to parameters with fewer than
-two dimensions (norm scales, biases), to modality vectors (``mod_emb``) and the mask token (as the
-reference's ``no_weight_decay``), and to token embedding tables only if ``decay_embeddings``
-(the reference decays them). Parameters shared under several names (a modality vector used by a
-modality's encoder and decoder embedding) appear once.
+Which parameters get no weight decay is the task's choice (``TrainTask.no_decay``: for FourM norms,
+biases, modality vectors and the mask token; for tokenizers norms, biases and the class
+embedding), given as parameter names without wrapper segments (:func:`clean_name`). Parameters
+shared under several names (a modality vector used by a modality's encoder and decoder embedding)
+appear once.
 """
 from __future__ import annotations
 
@@ -19,9 +19,6 @@ from torch import nn
 
 from fourm.training.config import OptimConfig
 
-NO_DECAY_NAMES: tuple[str, ...] = ("mod_emb", "mask_token")
-
-
 # Name segments that wrappers insert (DDP, FSDP, activation checkpointing, torch.compile).
 WRAPPER_SEGMENTS: tuple[str, ...] = ("module", "_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
 
@@ -31,38 +28,19 @@ def clean_name(name: str) -> str:
     return ".".join(part for part in name.split(".") if part not in WRAPPER_SEGMENTS)
 
 
-def no_decay_names(model: nn.Module, decay_embeddings: bool = True) -> set[str]:
-    """Names (wrapper segments removed) of the parameters that get no weight decay.
-
-    Call it on the bare model: FSDP replaces parameters by flat 1-D shards, so shapes must be read
-    before wrapping.
-    """
-    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    out = set()
-    for name, p in model.named_parameters():
-        leaf = name.rsplit(".", 1)[-1]
-        if p.ndim < 2 or leaf in NO_DECAY_NAMES or leaf == "bias" or (
-                not decay_embeddings and id(p) in embedding_params):
-            out.add(clean_name(name))
-    return out
-
-
-def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = True,
-                 no_decay: set[str] | None = None) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, no_decay: set[str]) -> list[dict]:
     """Two AdamW parameter groups: ``decay`` and ``no_decay`` (see the module docstring).
 
     Args:
         model: the model, bare or wrapped (DDP, FSDP with ``use_orig_params``, checkpoint wrappers).
         weight_decay: decay of the ``decay`` group.
-        decay_embeddings: whether ``nn.Embedding`` weights are decayed.
-        no_decay: :func:`no_decay_names` of the bare model; needed when ``model`` is FSDP-wrapped.
+        no_decay: names (of the bare model) of the parameters without decay; read them before
+            FSDP wrapping, which flattens shapes.
 
     Returns:
         ``[{"params", "weight_decay", "name": "decay"}, {... "name": "no_decay"}]``; trainable
         parameters only, each once, in ``named_parameters`` order (deterministic).
     """
-    if no_decay is None:
-        no_decay = no_decay_names(model, decay_embeddings)
     decay, keep = [], []
     for name, p in model.named_parameters():  # named_parameters already skips shared duplicates
         if p.requires_grad:
@@ -80,12 +58,9 @@ def fused_supported(params: list[torch.Tensor]) -> bool:
         p.is_floating_point() for p in params)
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig, no_decay: set[str] | None = None) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; fused when ``config.fused`` is true, or null and supported.
-
-    Pass ``no_decay`` (:func:`no_decay_names` of the bare model) when ``model`` is FSDP-wrapped.
-    """
-    groups = param_groups(model, config.weight_decay, config.decay_embeddings, no_decay)
+def build_optimizer(model: nn.Module, config: OptimConfig, no_decay: set[str]) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; fused when ``config.fused`` is true, or null and supported."""
+    groups = param_groups(model, config.weight_decay, no_decay)
     params = [p for g in groups for p in g["params"]]
     fused = fused_supported(params) if config.fused is None else config.fused
     if fused and not fused_supported(params):

@@ -1,6 +1,6 @@
 """Synthetic token shards in the layout of ``fourm tokenize``, for tests, benchmarks and smoke runs.
 
-    write_synthetic_token_shards("tmp/tok", ModalitiesConfig().registry(), num_samples=256, shard_size=64)
+    write_synthetic_token_shards("tmp/tok", cfg.registry(), num_samples=256, shard_size=64)
 
 Each sample holds ``tok_rgb`` / ``tok_depth`` / ``tok_semseg`` int16 grids and ``tok_caption`` /
 ``tok_det`` int32 id lists (no [EOS]; ids above the sentinels), and ``rgb`` uint8 pixels when the
@@ -18,7 +18,6 @@ import numpy as np
 from fourm.data.shards import ShardWriter, encode_sample, write_metadata
 from fourm.masking import NUM_SENTINELS, SENTINEL_OFFSET
 from fourm.modalities import ModalityRegistry
-from fourm.training.data import default_field
 
 FIRST_WORD_ID = SENTINEL_OFFSET + NUM_SENTINELS  # ids below are [PAD], [UNK], [SOS], [EOS] and sentinels
 
@@ -33,21 +32,21 @@ def synthetic_sample(registry: ModalityRegistry, rng: np.random.Generator) -> di
             rows, cols = spec.grid
             if base is None:
                 base = rng.integers(0, 2**15, size=(rows, cols))
-            out[default_field(spec)] = (base % spec.vocab_size).astype(np.int16)
+            out[spec.token_field] = (base % spec.vocab_size).astype(np.int16)
         elif spec.kind == "pixels":  # stored as ``fourm tokenize --keep rgb`` stores it: (H, W, C) uint8
             rows, cols = spec.grid
             if base is None:
                 base = rng.integers(0, 2**15, size=(rows, cols))
             colours = np.stack([(base * (c + 1) * 37) % 256 for c in range(spec.in_channels)], axis=-1)
             patch = np.ones((spec.patch_size, spec.patch_size, 1), dtype=np.int64)
-            out[default_field(spec)] = np.kron(colours, patch).astype(np.uint8)  # one flat colour per patch
+            out[spec.token_field] = np.kron(colours, patch).astype(np.uint8)  # one flat colour per patch
         elif spec.kind == "sequence":
             if spec.vocab_size <= FIRST_WORD_ID:
                 raise ValueError(f"{spec.name}: vocab_size={spec.vocab_size} leaves no word ids above {FIRST_WORD_ID}")
             n = int(rng.integers(1, spec.max_length + 1))
             seed = base.ravel() if base is not None else rng.integers(0, 2**15, size=spec.max_length)
             ids = FIRST_WORD_ID + (np.resize(seed, n) * (3 + len(out))) % (spec.vocab_size - FIRST_WORD_ID)
-            out[default_field(spec)] = ids.astype(np.int32)
+            out[spec.token_field] = ids.astype(np.int32)
     return out
 
 
@@ -70,7 +69,7 @@ def write_synthetic_token_shards(out_dir: str | os.PathLike, registry: ModalityR
         for i in range(num_samples):
             w.write(f"{i:06d}", encode_sample(synthetic_sample(registry, rng)))
     write_metadata(out_dir, {"kind": "token_shards", "source": "synthetic", "seed": seed,
-                             "fields": {default_field(s): s.vocab_size if s.kind != "pixels" else "raw" for s in registry}})
+                             "fields": {s.token_field: s.vocab_size if s.kind != "pixels" else "raw" for s in registry}})
     return [str(p) for p in w.shards]
 
 

@@ -1,27 +1,29 @@
-"""The FourM training loop; it owns the ``accelerate.Accelerator``.
+"""The training loop of every run (FourM and image tokenizers); it owns the ``accelerate.Accelerator``.
 
-    cfg = load_train_config("configs/fm/shapes_tiny.yaml", ["data.train.shapes.shards=tok/train"])
-    summary = Trainer(cfg, resume="auto").fit()
+    trainer = Trainer(FourMTask(cfg), resume="auto")      # or TokenizerTask(cfg)
+    summary = trainer.fit()
 
-One optimizer step: ``optim.grad_accum`` micro-batches (gradients synchronised on the last one
-only), global gradient-norm clipping, then a single host synchronisation that reads two flags
-summed over all processes, "non-finite loss or gradient" and "stop requested (SIGTERM / Ctrl-C)".
-A non-finite step is skipped (no update; data, schedule and step counter move on) and counted;
-``max_nonfinite_steps`` of them in a row save the step's micro-batches to ``out_dir/debug`` and
-raise :class:`NonFiniteLossError`. A stop request writes a checkpoint at the end of the step and
-returns. Loss sums stay on the device between log lines; logging reduces them across processes.
+One optimizer step: ``optim.grad_accum`` micro-batches of the task's stream (gradients synchronised
+on the last one only), global gradient-norm clipping, then a single host synchronisation that
+reads two flags summed over all processes, "non-finite loss or gradient" and "stop requested
+(SIGTERM / Ctrl-C)". A non-finite step is skipped (no update; data, schedule and step counter
+move on) and counted; ``max_nonfinite_steps`` of them in a row save the step's micro-batches to
+``out_dir/debug`` (safetensors) and raise :class:`NonFiniteLossError`. A stop request writes a
+checkpoint at the end of the step and returns. Metric sums stay on the device between log lines;
+logging reduces them across processes.
 
-Exact resume: data order and masks are pure functions of (seed, epoch, sample) with the position
-in the checkpoint; torch's global generator is re-seeded from (seed, step, rank) before every step
-(dropout and any other sampling in the model); optimizer, scheduler, RNG states and the open
-logging interval are restored. Resuming from step s therefore reproduces the uninterrupted run's
-weights and logged losses bit for bit (same hardware, thread count and number of processes).
+Exact resume: the data of a step are a pure function of the stream's position, which the
+checkpoint holds; torch's global generator is re-seeded from (seed, step, rank) before every step
+(dropout, a diffusion decoder's noise, quantizer choices); optimizer, scheduler, RNG states, the
+task's own state and the open logging interval are restored. Resuming from step s therefore
+reproduces the uninterrupted run's weights and logged metrics bit for bit (same hardware, thread
+count and number of processes). Checkpoints: :mod:`fourm.training.checkpoint`.
 
 Several processes: ``accelerate launch --multi_gpu --num_processes 2 -m fourm.cli train CONFIG``
 (``--multi_gpu`` is also the flag for several CPU processes; they use gloo). Every process reads
-its own share of the data (``ShardDataset(rank, world_size)``; the DataLoaders are not handed to
-accelerate, which would split them again). FSDP (``distributed.strategy: fsdp``) needs CUDA and
-several processes; checkpoints then gather full state dicts on the main process.
+its own share of the data (the streams are not handed to accelerate, which would split them
+again). FSDP (``distributed.strategy: fsdp``, FourM runs) needs CUDA and several processes;
+checkpoints then gather full state dicts on the main process.
 """
 from __future__ import annotations
 
@@ -29,7 +31,6 @@ import contextlib
 import logging
 import math
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,26 +38,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import save_file
 from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
-from fourm.config import ConfigError, save_json_atomic, to_dict
+from fourm.config import ConfigError, from_dict, save_json_atomic, to_dict
 from fourm.data.shard_reader import SKIP_REASONS
-from fourm.masking import Batch, UnifiedMasking
-from fourm.models import FourM, FourMOutput
 from fourm.training import checkpoint as ckpt
-from fourm.training.config import TrainConfig
-from fourm.training.data import (
-    MicroBatch,
-    MixtureStream,
-    SourceStream,
-    empty_batch,
-    modality_fields,
-    validation_batches,
-)
-from fourm.training.distributed import apply_activation_checkpointing, build_accelerator
-from fourm.training.metrics import JsonlWriter, MetricsLog, truncate_jsonl
-from fourm.training.optim import build_optimizer, build_scheduler, no_decay_names
+from fourm.training.distributed import build_accelerator
+from fourm.training.metrics import JsonlWriter, LogInterval, MetricsLog, truncate_jsonl
+from fourm.training.optim import build_optimizer, build_scheduler
+from fourm.training.signals import StopSignals
+from fourm.training.task import MicroBatch, RunContext, TaskLoss, TrainTask
 
 logger = logging.getLogger(__name__)
 STEP_SEED_TAG = 0x53544550
@@ -68,7 +60,9 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainSummary:
-    """What :meth:`Trainer.fit` did. ``stopped_by``: None (finished), "until_step", "SIGTERM" or "SIGINT"."""
+    """What :meth:`Trainer.fit` did. ``stopped_by``: None (finished), "until_step", "SIGTERM" or
+    "SIGINT"; ``last``: the last training log line; ``val``: the last evaluation record;
+    ``model_dir``: the trained model's folder (written when the run finished)."""
 
     start_step: int
     step: int
@@ -80,6 +74,7 @@ class TrainSummary:
     val: dict | None
     checkpoint: str | None
     wall_s: float
+    model_dir: str | None = None
     is_main: bool = True
 
 
@@ -88,108 +83,66 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, STEP_SEED_TAG, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-class _StopSignals:
-    """Turns SIGTERM / SIGINT into a flag read at the end of each step (a second Ctrl-C interrupts)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        logger.warning("received %s: stopping after this step with a checkpoint", signal.Signals(signum).name)
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move a (nested) batch to ``device`` (non-blocking from pinned memory)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """Move a masked batch to ``device`` (non-blocking from pinned memory)."""
-    return {m: {k: v.to(device, non_blocking=True) for k, v in d.items()} for m, d in batch.items()}
-
-
-class _Interval:
-    """Sums of one logging interval, per process (device tensors; reduced when a line is written)."""
-
-    def __init__(self, names: list[str], device: torch.device) -> None:
-        self.names, self.device = names, device
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss = torch.zeros((), device=self.device)
-        self.mod = torch.zeros(len(self.names), device=self.device)
-        self.mod_count = [0] * len(self.names)
-        self.grad_norm = torch.zeros((), device=self.device)
-        self.micro = self.steps = self.tokens = self.samples = self.invalid = 0
-        self.t0 = time.perf_counter()
-
-    def state(self) -> dict:
-        return {"loss": self.loss.item(), "mod": self.mod.tolist(), "mod_count": list(self.mod_count),
-                "grad_norm": self.grad_norm.item(), "micro": self.micro, "steps": self.steps,
-                "tokens": self.tokens, "samples": self.samples, "invalid": self.invalid}
-
-    def load(self, s: dict) -> None:
-        self.loss = torch.tensor(s["loss"], device=self.device)
-        self.mod = torch.tensor(s["mod"], device=self.device)
-        self.grad_norm = torch.tensor(s["grad_norm"], device=self.device)
-        self.mod_count = list(s["mod_count"])
-        self.micro, self.steps, self.tokens = s["micro"], s["steps"], s["tokens"]
-        self.samples, self.invalid = s["samples"], s["invalid"]
+def flat_tensors(obj: Any, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a nested batch under dotted keys (``micro0.tok_rgb.tokens``), for safetensors."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj.detach().cpu().contiguous()}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    out: dict[str, torch.Tensor] = {}
+    for k, v in items:
+        out.update(flat_tensors(v, f"{prefix}.{k}"))
+    return out
 
 
 class Trainer:
-    """Train a FourM on token shards as ``config`` says.
+    """Train ``task.config``'s run.
 
     Args:
-        config: the run.
+        task: a :class:`~fourm.training.task.TrainTask` (``FourMTask(cfg)``, ``TokenizerTask(cfg)``).
         resume: None (fresh run; an existing checkpoint in out_dir is an error), ``"auto"`` (the
             newest checkpoint of ``out_dir`` if any) or a checkpoint folder.
         progress: override ``config.logging.progress``.
     """
 
-    def __init__(self, config: TrainConfig, resume: str | None = None, progress: bool | None = None) -> None:
-        self.config = cfg = config
+    def __init__(self, task: TrainTask, resume: str | None = None, progress: bool | None = None) -> None:
+        self.task, self.config = task, task.config
+        cfg = self.config
         self.out_dir = Path(cfg.out_dir)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
-        self.accelerator = acc = build_accelerator(cfg)
+        self.accelerator = acc = build_accelerator(cfg.precision, cfg.distributed, task.fsdp_blocks)
         self.rank, self.world_size, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
         self.fsdp = acc.distributed_type.name == "FSDP"
         if cfg.distributed.strategy == "fsdp" and not self.fsdp:
             logger.warning("distributed.strategy=fsdp with a single process: training unsharded")
         self.progress = cfg.logging.progress if progress is None else progress
-        self.registry = cfg.modalities.registry()
+        task.setup(RunContext(acc, self.rank, self.world_size, self.is_main))
         self.resume_from = ckpt.resolve_resume(resume, self.out_dir)
         if resume is None and ckpt.latest_checkpoint(self.out_dir) is not None:
             raise FileExistsError(f"{self.out_dir} already holds checkpoints; pass --resume auto to continue that "
                                   "run, or choose another out_dir")
         state = self._read_checkpoint() if self.resume_from is not None else None
 
-        model = FourM(cfg.model.fourm_config(self.registry),
-                      seed=cfg.seed if cfg.model.init_seed is None else cfg.model.init_seed)
-        if self.resume_from is not None:
-            model.load_state_dict_checked(load_file(str(self.resume_from / ckpt.MODEL_DIR / "model.safetensors")))
-        elif cfg.init_from is not None:
-            ckpt.load_initial_weights(model, cfg.init_from)
-        no_decay = no_decay_names(model, cfg.optim.decay_embeddings)  # shapes are only known before FSDP
-        if cfg.distributed.activation_checkpointing and not self.fsdp:
-            apply_activation_checkpointing(model)
-        self.model = acc.prepare(model)
+        model = task.build_model(resuming=state is not None)
+        if state is not None:
+            task.load_weights(model, self.resume_from / ckpt.MODEL_DIR)
+        no_decay = task.no_decay(model)  # shapes are only known before FSDP
+        self.model = acc.prepare(task.prepare_model(model))
         self.optimizer = build_optimizer(self.model, cfg.optim, no_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.steps)
-        self.target_names = [s.name for s in self.registry if s.decoder]
-        self.num_encoder_tokens, self.num_decoder_tokens = cfg.num_encoder_tokens, cfg.num_decoder_tokens
-        self._build_data()
+        self.metric_names = list(task.metric_names)
+        self.data = task.build_data()
 
         self.step = 0
         self.nonfinite_steps = self.nonfinite_in_a_row = 0
@@ -198,80 +151,54 @@ class Trainer:
         self._fit_t0: float | None = None
         self.base_skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.base_invalid = 0
-        self.interval = _Interval(self.target_names, acc.device)
+        self.interval = LogInterval(len(self.metric_names), acc.device)
         if state is not None:
             self._load_state(state)
         self.start_step = self.step
-        self._signals = _StopSignals()
+        self._signals = StopSignals()
         self._last_val: dict | None = None
         self.metrics: MetricsLog | None = None
         self.sample_log: JsonlWriter | None = None
 
-    # ------------------------------------------------------------------ set-up
-    def _build_data(self) -> None:
-        cfg, data = self.config, self.config.data
-        pin = self.accelerator.device.type == "cuda"
-        sources, weights, self.empty = [], [], []
-        for i, name in enumerate(data.source_names()):
-            src = data.train[name]
-            masking = UnifiedMasking(src.masking or cfg.masking, self.registry)
-            fields = modality_fields(self.registry, masking.config.modalities, src.fields)
-            sources.append(SourceStream(
-                src.shards, masking, fields, data.batch_size, cfg.seed, i, self.rank, self.world_size,
-                data.num_workers, data.prefetch_factor, data.shuffle, data.strict, pin, f"data.train.{name}"))
-            weights.append(src.weight)
-            self.empty.append(empty_batch(masking.specs))
-        self.data = MixtureStream(sources, weights, cfg.seed)
-        self.val_stream = None
-        if cfg.val is not None:
-            masking = UnifiedMasking(cfg.masking, self.registry)
-            fields = modality_fields(self.registry, masking.config.modalities, cfg.val.fields)
-            self.val_stream = SourceStream(
-                cfg.val.shards, masking, fields, cfg.val.batch_size or data.batch_size, cfg.val.seed, 0, self.rank,
-                self.world_size, min(1, data.num_workers), 2, False, data.strict, pin, "val")
-            self.val_empty = empty_batch(masking.specs)
-
+    # ------------------------------------------------------------------ resume
     def _read_checkpoint(self) -> dict:
         meta = ckpt.read_meta(self.resume_from)
+        if meta.get("task") != self.task.name:
+            raise ConfigError(f"{self.resume_from} is a {meta.get('task')!r} checkpoint; this run trains "
+                              f"{self.task.name!r}")
         if meta["world_size"] != self.world_size:
             raise ConfigError(f"{self.resume_from} was written by {meta['world_size']} processes, this run has "
-                             f"{self.world_size}; exact resume needs the same number of processes")
+                              f"{self.world_size}; exact resume needs the same number of processes")
         state = ckpt.load_trainer_state(self.resume_from)
-        ckpt.check_resume_config(state["config"], to_dict(self.config))
+        saved = to_dict(from_dict(type(self.config), state["config"]))  # fields added since read as defaults
+        ckpt.check_resume_config(saved, to_dict(self.config), self.config.may_change_on_resume)
         return state
 
     def _load_state(self, state: dict) -> None:
+        optim_sd = ckpt.load_optimizer_state(self.resume_from)
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(self.model, self.optimizer, ckpt.load_optimizer_state(self.resume_from),
-                                     options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(self.model, self.optimizer, optim_sd, options=StateDictOptions(full_state_dict=True))
         else:
-            self.optimizer.load_state_dict(ckpt.load_optimizer_state(self.resume_from))
+            self.optimizer.load_state_dict(optim_sd)
+        ckpt.match_param_layout(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])
+        self.task.load_state_tensors(ckpt.load_task_state(self.resume_from))
         c = state["counters"]
         self.step, self.tokens_seen = c["step"], c["tokens_seen"]
         self.wall_before = float(c.get("wall_s", 0.0))
         self.nonfinite_steps, self.nonfinite_in_a_row = c["nonfinite_steps"], c["nonfinite_in_a_row"]
         self.base_skipped, self.base_invalid = dict(c["skipped"]), c["invalid"]
         mine = state["ranks"][self.rank]
-        ckpt.set_rng_state(mine["rng"])
+        ckpt.set_rng_state(ckpt.load_rng_tensors(self.resume_from, self.rank), mine["rng"])
         self.interval.load(mine["interval"])
 
     # ------------------------------------------------------------------ one step
-    def compute_loss(self, batch: Batch) -> FourMOutput:
-        """The model's loss on one micro-batch (override or patch to inspect or inject faults)."""
-        return self.model(batch, self.num_encoder_tokens, self.num_decoder_tokens)
-
-    def objective(self, out: FourMOutput) -> torch.Tensor:
-        """What training minimises: ``out.loss`` (the mean over modalities) or, with
-        ``loss_weights``, the weighted mean of the modality losses."""
-        weights = self.config.loss_weights
-        if not weights or not out.mod_losses:
-            return out.loss
-        w = [float(weights.get(name, 1.0)) for name in out.mod_losses]
-        return sum(wi * value for wi, value in zip(w, out.mod_losses.values())) / sum(w)
+    def compute_loss(self, batch: Any) -> TaskLoss:
+        """The task's loss on one micro-batch (patch it to inspect or inject faults)."""
+        return self.task.loss(self.model, batch)
 
     def train_step(self) -> bool:
         """One optimizer step; returns whether a stop was requested (on any process)."""
@@ -279,9 +206,9 @@ class Trainer:
         torch.manual_seed(step_seed(cfg.seed, self.step, self.rank))
         self.model.train()
         accum = cfg.optim.grad_accum
-        loss = torch.zeros((), device=dev)
-        mod = torch.zeros(len(self.target_names), device=dev)
-        mod_count = [0] * len(self.target_names)
+        objective = torch.zeros((), device=dev)
+        sums = torch.zeros(len(self.metric_names), device=dev)
+        counts = [0] * len(self.metric_names)
         micro, tokens, samples, invalid, kept = 0, 0, 0, 0, []
         for i in range(accum):
             mb = self.data.next()
@@ -290,23 +217,23 @@ class Trainer:
                 self.sample_log.write({"step": self.step + 1, "micro": i, "source": mb.source, "epoch": mb.epoch,
                                        "chunk": mb.chunk, "keys": mb.keys})
             real = mb.batch is not None
-            batch = to_device(mb.batch if real else self.empty[mb.source], dev)
+            batch = to_device(mb.batch if real else self.task.empty_batch(mb.source), dev)
             sync = contextlib.nullcontext() if i == accum - 1 else acc.no_sync(self.model)
             with sync:
-                out = self.compute_loss(batch)
-                acc.backward(self.objective(out) * ((1.0 if real else 0.0) / accum))
+                with acc.autocast():
+                    out = self.compute_loss(batch)
+                acc.backward(out.objective * ((1.0 if real else 0.0) / accum))
             invalid += mb.invalid
             if real:
-                loss += out.loss.detach().float()
-                for name, value in out.mod_losses.items():
-                    j = self.target_names.index(name)
-                    mod[j] += value.detach().float()
-                    mod_count[j] += 1
-                micro, tokens, samples = micro + 1, tokens + mb.num_tokens, samples + len(mb.keys)
+                objective += out.objective.detach().float()
+                for j, name in enumerate(self.metric_names):
+                    if name in out.metrics:
+                        sums[j] += out.metrics[name].detach().float()
+                        counts[j] += 1
+                micro, tokens, samples = micro + 1, tokens + mb.num_tokens, samples + mb.samples
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip)
-        grad_norm = torch.as_tensor(grad_norm, device=dev).float()
-        flags = torch.stack([(~torch.isfinite(loss) | ~torch.isfinite(grad_norm)).float(),
+        grad_norm = torch.as_tensor(acc.clip_grad_norm_(self.model.parameters(), clip), device=dev).float()
+        flags = torch.stack([(~torch.isfinite(objective) | ~torch.isfinite(grad_norm)).float(),
                              torch.tensor(float(self._signals.signum is not None), device=dev)])
         if self.world_size > 1:
             flags = acc.reduce(flags, "sum")
@@ -317,16 +244,15 @@ class Trainer:
             logger.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)",
                            self.step + 1, self.nonfinite_in_a_row)
             if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
-                path = self._save_debug(kept, loss, grad_norm)
+                path = self._save_debug(kept, objective, grad_norm)
                 raise NonFiniteLossError(f"{self.nonfinite_in_a_row} non-finite steps in a row (max_nonfinite_steps="
                                          f"{cfg.max_nonfinite_steps}) at step {self.step + 1}; batches saved to {path}")
         else:
             self.optimizer.step()
             self.nonfinite_in_a_row = 0
             iv = self.interval
-            iv.loss += loss
-            iv.mod += mod
-            iv.mod_count = [a + b for a, b in zip(iv.mod_count, mod_count)]
+            iv.sums += sums
+            iv.counts = [a + b for a, b in zip(iv.counts, counts)]
             iv.grad_norm += grad_norm
             iv.micro, iv.steps = iv.micro + micro, iv.steps + 1
         self.interval.tokens += tokens
@@ -337,13 +263,19 @@ class Trainer:
         self.step += 1
         return stop
 
-    def _save_debug(self, kept: list[MicroBatch], loss: torch.Tensor, grad_norm: torch.Tensor) -> Path:
-        path = self.out_dir / "debug" / f"nonfinite-step-{self.step + 1:08d}-rank{self.rank}.pt"
+    def _save_debug(self, kept: list[MicroBatch], objective: torch.Tensor, grad_norm: torch.Tensor) -> Path:
+        """The step's micro-batches as safetensors, their keys and sources as JSON."""
+        path = self.out_dir / "debug" / f"nonfinite-step-{self.step + 1:08d}-rank{self.rank}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"step": self.step + 1, "rank": self.rank, "loss_sum": loss.item(), "grad_norm": grad_norm.item(),
-                    "batches": [mb.batch for mb in kept], "keys": [mb.keys for mb in kept],
-                    "sources": [mb.source for mb in kept]}, path)
-        return path
+        tensors: dict[str, torch.Tensor] = {}
+        for i, mb in enumerate(kept):
+            if mb.batch is not None:
+                tensors.update(flat_tensors(mb.batch, f"micro{i}"))
+        save_file(tensors, str(path.with_suffix(".safetensors")))
+        save_json_atomic({"step": self.step + 1, "rank": self.rank, "objective_sum": objective.item(),
+                          "grad_norm": grad_norm.item(), "keys": [mb.keys for mb in kept],
+                          "sources": [mb.source for mb in kept]}, path.with_suffix(".json"))
+        return path.with_suffix(".safetensors")
 
     # ------------------------------------------------------------------ logging
     def _reduce(self, values: list[torch.Tensor | float]) -> list[float]:
@@ -360,22 +292,22 @@ class Trainer:
     def skipped_samples(self) -> dict[str, int]:
         """Corrupt samples skipped so far by reason, all processes (collective)."""
         local = self.data.skip_counts()
-        total = self._reduce([float(local[r]) for r in SKIP_REASONS])
+        total = self._reduce([float(local.get(r, 0)) for r in SKIP_REASONS])
         return {r: int(n) + self.base_skipped.get(r, 0) for r, n in zip(SKIP_REASONS, total)}
 
     def _log_train(self) -> dict:
-        iv, n = self.interval, len(self.target_names)
-        vals = self._reduce([iv.loss, float(iv.micro), float(iv.tokens), float(iv.samples), float(iv.invalid),
-                             *iv.mod.double(), *map(float, iv.mod_count)])
-        loss, micro, tokens, samples, invalid = vals[:5]
-        mod, mod_count = vals[5:5 + n], vals[5 + n:]
+        iv, n = self.interval, len(self.metric_names)
+        vals = self._reduce([float(iv.micro), float(iv.tokens), float(iv.samples), float(iv.invalid),
+                             *iv.sums.double(), *map(float, iv.counts)])
+        micro, tokens, samples, invalid = vals[:4]
+        sums, counts = vals[4:4 + n], vals[4 + n:]
         skipped = self.skipped_samples()
         self.tokens_seen += int(tokens)
         self.base_invalid += int(invalid)
         dt = max(time.perf_counter() - iv.t0, 1e-9)
+        means = {m: s / c for m, s, c in zip(self.metric_names, sums, counts) if c}
         rec = {"step": self.step, "split": "train", "epoch": self.data.epoch,
-               "loss": loss / micro if micro else float("nan"),
-               **{f"loss/{m}": s / c for m, s, c in zip(self.target_names, mod, mod_count) if c},
+               "loss": means.pop("loss", float("nan")), **means, **self.task.log_extras(),
                "lr": self.scheduler.get_last_lr()[0], "grad_norm": iv.grad_norm.item() / max(iv.steps, 1),
                "tokens_per_s": tokens / dt, "samples_per_s": samples / dt, "tokens_seen": self.tokens_seen,
                "nonfinite_steps": self.nonfinite_steps, "skipped_samples": sum(skipped.values()),
@@ -385,33 +317,15 @@ class Trainer:
         iv.reset()
         return rec
 
-    @torch.no_grad()
     def validate(self) -> dict | None:
-        """Validation loss per modality on ``val`` (fixed masks); None without a val set (collective)."""
-        if self.val_stream is None:
-            return None
-        self.model.eval()
-        dev, n = self.accelerator.device, len(self.target_names)
-        loss, micro = torch.zeros((), device=dev), 0
-        mod, mod_count = torch.zeros(n, device=dev), [0] * n
-        for mb in validation_batches(self.val_stream, self.config.val.max_batches):
-            out = self.compute_loss(to_device(mb.batch if mb.batch is not None else self.val_empty, dev))
-            if mb.batch is None:
-                continue
-            loss += out.loss.float()
-            micro += 1
-            for name, value in out.mod_losses.items():
-                j = self.target_names.index(name)
-                mod[j] += value.float()
-                mod_count[j] += 1
+        """The task's evaluation (collective); the record is logged on the main process."""
+        rec = self.task.evaluate(self.model)
         self.model.train()
-        vals = self._reduce([loss, float(micro), *mod.double(), *map(float, mod_count)])
-        rec = {"step": self.step, "split": "val", "loss": vals[0] / vals[1] if vals[1] else float("nan"),
-               **{f"loss/{m}": s / c for m, s, c in zip(self.target_names, vals[2:2 + n], vals[2 + n:]) if c},
-               "batches": int(vals[1])}
-        if self.metrics is not None:
-            self.metrics.write(rec)
-        self._last_val = rec
+        if rec is not None:
+            rec = {"step": self.step, **rec}
+            if self.metrics is not None:
+                self.metrics.write(rec)
+            self._last_val = rec
         return rec
 
     # ------------------------------------------------------------------ checkpoints
@@ -429,22 +343,8 @@ class Trainer:
         return None, self.optimizer.state_dict()
 
     def save_model(self, path: str | Path, model_sd: dict | None = None) -> Path:
-        """Write the model in ``FourM.save_pretrained`` format (main process; pass the FSDP full state dict)."""
-        if model_sd is None:
-            return self.accelerator.unwrap_model(self.model).save_pretrained(path)
-        with torch.device("meta"):
-            model = FourM(self.accelerator.unwrap_model(self.model).config)
-        model_sd = dict(model_sd)
-        aliases: dict[int, list[str]] = {}  # a gathered state dict may name a shared tensor once
-        for key, t in model.state_dict(keep_vars=True).items():
-            aliases.setdefault(id(t), []).append(key)
-        for keys in aliases.values():
-            present = [k for k in keys if k in model_sd]
-            for k in keys:
-                if present and k not in model_sd:
-                    model_sd[k] = model_sd[present[0]]
-        model.load_state_dict_checked(model_sd, assign=True)
-        return model.save_pretrained(path)
+        """Write the model in the task's format (main process; pass the FSDP full state dict)."""
+        return self.task.save_model(self.accelerator.unwrap_model(self.model), path, model_sd)
 
     def save_checkpoint(self) -> Path | None:
         """Write ``out_dir/checkpoints/step-N`` atomically and prune old ones (collective).
@@ -454,7 +354,8 @@ class Trainer:
         """
         from accelerate.utils import gather_object
 
-        mine = {"rng": ckpt.rng_state(), "interval": self.interval.state()}
+        rng_tensors, rng_values = ckpt.rng_state()
+        mine = {"rng": rng_values, "interval": self.interval.state(), "rng_tensors": rng_tensors}
         ranks = gather_object([mine]) if self.world_size > 1 else [mine]
         skipped = self.skipped_samples()
         model_sd, optim_sd = self._full_state_dicts()
@@ -464,15 +365,22 @@ class Trainer:
             writer = ckpt.CheckpointWriter(self.out_dir, self.step)
             try:
                 self.save_model(writer.tmp / ckpt.MODEL_DIR, model_sd)
-                writer.save_torch(ckpt.OPTIMIZER_NAME, optim_sd)
-                writer.save_torch(ckpt.STATE_NAME, {
-                    "format": ckpt.FORMAT_NAME, "format_version": ckpt.FORMAT_VERSION, "config": cfg,
-                    "scheduler": self.scheduler.state_dict(), "data": self.data.state_dict(), "ranks": ranks,
+                optim_tensors, optim_json = ckpt.optimizer_to_files(optim_sd)
+                writer.save_tensors(ckpt.OPTIMIZER_TENSORS, optim_tensors)
+                writer.save_json(ckpt.OPTIMIZER_JSON, optim_json)
+                writer.save_tensors(ckpt.RNG_NAME, {f"rank{r}.{k}": v for r, rank in enumerate(ranks)
+                                                    for k, v in rank["rng_tensors"].items()})
+                task_state = self.task.state_tensors()
+                if task_state:
+                    writer.save_tensors(ckpt.TASK_STATE_NAME, task_state)
+                writer.save_json(ckpt.STATE_NAME, {
+                    "config": cfg, "scheduler": self.scheduler.state_dict(), "data": self.data.state_dict(),
+                    "ranks": [{"rng": r["rng"], "interval": r["interval"]} for r in ranks],
                     "counters": {"step": self.step, "tokens_seen": self.tokens_seen, "wall_s": self.wall_s(),
                                  "nonfinite_steps": self.nonfinite_steps, "nonfinite_in_a_row": self.nonfinite_in_a_row,
                                  "skipped": skipped, "invalid": self.base_invalid}})
                 writer.save_json(ckpt.CONFIG_NAME, cfg)
-                path = writer.commit(self.world_size)
+                path = writer.commit(self.world_size, self.task.name)
             except BaseException:
                 writer.abort()
                 raise
@@ -485,8 +393,8 @@ class Trainer:
         import accelerate
 
         acc = self.accelerator
-        return {"distributed_type": acc.distributed_type.name, "num_processes": self.world_size,
-                "device": str(acc.device), "mixed_precision": acc.mixed_precision,
+        return {"task": self.task.name, "distributed_type": acc.distributed_type.name,
+                "num_processes": self.world_size, "device": str(acc.device), "mixed_precision": acc.mixed_precision,
                 "parameters": sum(p.numel() for p in acc.unwrap_model(self.model).parameters()),
                 "fused_adamw": bool(self.optimizer.defaults.get("fused")),
                 "activation_checkpointing": self.config.distributed.activation_checkpointing,
@@ -499,7 +407,7 @@ class Trainer:
         self.metrics = None
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_json_atomic(to_dict(self.config), self.out_dir / "train_config.json")
+            save_json_atomic(to_dict(self.config), self.out_dir / ckpt.CONFIG_NAME)
             save_json_atomic(self.run_info(), self.out_dir / "run_info.json")
             truncate_jsonl(self.out_dir / "metrics.jsonl", self.step)
             self.metrics = MetricsLog(self.out_dir, self.config.logging.tensorboard)
@@ -516,15 +424,16 @@ class Trainer:
 
         Returns:
             A :class:`TrainSummary`. At the end of the run the model is also written to
-            ``out_dir/model`` (``FourM.from_pretrained`` reads it).
+            ``out_dir/<task.model_dir>``.
         """
         cfg, t_start = self.config, time.perf_counter()
         self._fit_t0 = t_start
         target = cfg.steps if until_step is None else min(int(until_step), cfg.steps)
         self._open_logs()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not (self.progress and self.is_main))
-        stopped_by, last, saved_at, path = None, None, -1, None
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.task.name}", unit="step",
+                   dynamic_ncols=True, disable=not (self.progress and self.is_main))
+        stopped_by, last, saved_at, path, model_dir = None, None, -1, None, None
+        every = self.task.eval_every
         self._signals.install()
         try:
             while self.step < target:
@@ -534,8 +443,7 @@ class Trainer:
                 if self.step % cfg.logging.every == 0 or end:
                     last = self._log_train()
                     bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-                val_every = cfg.val.every if cfg.val is not None else 0
-                if cfg.val is not None and ((val_every and self.step % val_every == 0) or self.step == cfg.steps):
+                if every is not None and ((every and self.step % every == 0) or self.step == cfg.steps):
                     self.validate()
                 if self.step % cfg.checkpoint.every == 0 or end:
                     path = self.save_checkpoint()
@@ -547,10 +455,11 @@ class Trainer:
                 stopped_by = "until_step"
                 if saved_at != self.step:
                     path = self.save_checkpoint()
-            if stopped_by is None:  # the finished model, for FourM.from_pretrained
+            if stopped_by is None:  # the finished model, for from_pretrained
                 model_sd = self._full_state_dicts()[0] if self.fsdp else None
+                model_dir = str(self.out_dir / self.task.model_dir)
                 if self.is_main:
-                    self.save_model(self.out_dir / "model", model_sd)
+                    self.save_model(model_dir, model_sd)
         finally:
             self.wall_before, self._fit_t0 = self.wall_s(), None
             self._signals.restore()
@@ -562,19 +471,19 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return TrainSummary(self.start_step, self.step, stopped_by, self.nonfinite_steps,
                             sum(self.skipped_samples().values()), self.base_invalid, last, self._last_val,
-                            None if path is None else str(path), time.perf_counter() - t_start, self.is_main)
+                            None if path is None else str(path), time.perf_counter() - t_start, model_dir,
+                            self.is_main)
 
     def close(self) -> None:
         """Stop data workers (also done when the process exits)."""
         self.data.close()
-        if self.val_stream is not None:
-            self.val_stream.close()
+        self.task.close()
 
 
-def train(config: TrainConfig, resume: str | None = None, until_step: int | None = None,
-          progress: bool | None = None) -> TrainSummary:
-    """Build a :class:`Trainer`, run :meth:`Trainer.fit` and stop the data workers."""
-    trainer = Trainer(config, resume=resume, progress=progress)
+def run(task: TrainTask, resume: str | None = None, until_step: int | None = None,
+        progress: bool | None = None) -> TrainSummary:
+    """Build a :class:`Trainer` for ``task``, run :meth:`Trainer.fit` and stop the data workers."""
+    trainer = Trainer(task, resume=resume, progress=progress)
     try:
         return trainer.fit(until_step)
     finally:

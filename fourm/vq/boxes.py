@@ -1,4 +1,4 @@
-"""Boxes as text tokens (the ``det`` modality), after the reference (reference-4m.md 5.4).
+"""Boxes as text tokens (the ``det`` modality), after the reference (ml-4m/fourm/data/modality_transforms.py).
 
 A box is a dict ``{"box": [xmin, ymin, xmax, ymax], "class": name}`` with coordinates normalised to
 [0, 1]; other keys (such as ``"score"``) are ignored. A scene is serialised as one group per box::

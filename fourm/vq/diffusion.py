@@ -1,7 +1,7 @@
 """Diffusion decoder of the image tokenizers (``tokenizer.decoder.kind: diffusion``).
 
 4M decodes rgb and depth tokens with a conditional diffusion model rather than a plain
-convolutional decoder (its DiVAE; section 5.1 of reference-4m.md): the quantized latents are
+convolutional decoder (its DiVAE; ml-4m/fourm/vq/vqvae.py): the quantized latents are
 upsampled to the image size and concatenated to the noisy image as extra input channels, the
 network learns to denoise, and decoding runs a few DDIM steps from noise. Here the denoiser is
 diffusers' ``UNet2DModel`` (4M uses its own UNet) and the noise schedules are diffusers'

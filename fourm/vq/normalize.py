@@ -1,16 +1,19 @@
-"""Per-modality normalisation that lives inside the image tokenizers.
+"""Per-kind normalisation that lives inside the image tokenizers.
 
 A tokenizer takes images exactly as they are stored and returns them the same way; the network
 sees normalised tensors only. The reference leaves this to the caller, and mixing up its two
-RGB conventions is its most reported misuse. Here each modality has one object that
+RGB conventions is its most reported misuse. Here each kind of image has one object that
 
 - checks what it is given (dtype, shape, range) and says how to fix a wrong input,
 - maps stored values to what the network reads (``to_model``),
 - maps what the network writes back to stored values (``from_model``).
 
-Stored formats (batched; a single image without the batch dimension is accepted too):
+A tokenizer's kind (``normalize.kind``) says how its modality is stored; it defaults to the
+modality's name, so ``rgb``, ``depth`` and ``semseg`` need no kind, and a new modality names the
+kind it is stored as (surface normals kept as a float map: ``kind: depth``). Stored formats
+(batched; a single image without the batch dimension is accepted too):
 
-| modality | stored                                   | network input             | network output            |
+| kind     | stored                                   | network input             | network output            |
 |----------|------------------------------------------|---------------------------|---------------------------|
 | rgb      | uint8 (B, 3, H, W) in [0, 255]            | float (B, 3, H, W) [-1,1] | float (B, 3, H, W) [-1,1] |
 | depth    | float (B, H, W) metres, > 0               | float (B, 1, H, W) [-1,1] | float (B, 1, H, W)        |
@@ -30,8 +33,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-IMAGE_MODALITIES: tuple[str, ...] = ("rgb", "depth", "semseg")
-Modality = Literal["rgb", "depth", "semseg"]
+IMAGE_KINDS: tuple[str, ...] = ("rgb", "depth", "semseg")
 
 
 @dataclass(frozen=True)
@@ -42,13 +44,19 @@ class NormalizeConfig:
         depth_near: smallest depth in metres that the depth tokenizer distinguishes.
         depth_far: largest depth in metres (the world's sky depth); larger values are clamped.
         num_classes: number of semantic classes (ids 0 .. num_classes - 1).
+        kind: how the images are stored: ``rgb`` (uint8 colour), ``depth`` (positive float map,
+            log-scaled between ``depth_near`` and ``depth_far``) or ``semseg`` (class ids);
+            ``null``: the tokenizer's modality name, which must then be one of these.
     """
 
     depth_near: float = 0.5
     depth_far: float = 50.0
     num_classes: int = 6
+    kind: Literal["rgb", "depth", "semseg"] | None = None
 
     def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in IMAGE_KINDS:
+            raise ValueError(f"normalize.kind={self.kind!r}; allowed: {', '.join(IMAGE_KINDS)}")
         if not (0 < self.depth_near < self.depth_far):
             raise ValueError(
                 f"normalize.depth_near={self.depth_near} and depth_far={self.depth_far}: need 0 < near < far"
@@ -67,11 +75,17 @@ def as_tensor(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
 
 
 class Normalizer:
-    """Base class: validation plus stored <-> network mappings for one modality."""
+    """Base class: validation plus stored <-> network mappings for one kind of image.
 
-    modality: str = ""
+    ``name`` is the modality's name, used in error messages (default: the kind).
+    """
+
+    kind: str = ""
     in_channels: int = 1
     out_channels: int = 1
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or self.kind
 
     def check(self, x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, bool]:
         """Validate a stored image or batch.
@@ -101,22 +115,21 @@ def _check_spatial(x: torch.Tensor, name: str, layout: str, single_ndim: int) ->
 class RGBNormalizer(Normalizer):
     """uint8 (B, 3, H, W) <-> float [-1, 1]."""
 
-    modality = "rgb"
+    kind = "rgb"
     in_channels = 3
     out_channels = 3
 
     def check(self, x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, bool]:
-        x = as_tensor(x, "rgb")
+        x = as_tensor(x, self.name)
         if x.dtype != torch.uint8:
-            raise TypeError(
-                f"rgb must be uint8 in [0, 255], got {x.dtype}; pass the image as stored (no scaling or normalising)"
-            )
-        x, single = _check_spatial(x, "rgb", "(B, 3, H, W)", 3)
+            raise TypeError(f"{self.name} must be uint8 in [0, 255], got {x.dtype}; pass the image as stored "
+                            "(no scaling or normalising)")
+        x, single = _check_spatial(x, self.name, "(B, 3, H, W)", 3)
         if x.shape[1] != 3:
             hint = ""
             if x.shape[-1] == 3:
                 hint = "; it looks channels-last: use image.permute(2, 0, 1) (or (0, 3, 1, 2) for a batch)"
-            raise ValueError(f"rgb must have shape (B, 3, H, W), got {tuple(x.shape)}{hint}")
+            raise ValueError(f"{self.name} must have shape (B, 3, H, W), got {tuple(x.shape)}{hint}")
         return x, single
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,25 +142,25 @@ class RGBNormalizer(Normalizer):
 class DepthNormalizer(Normalizer):
     """Metres (B, H, W) <-> normalised log-depth (B, 1, H, W) in [-1, 1]."""
 
-    modality = "depth"
+    kind = "depth"
 
-    def __init__(self, near: float, far: float) -> None:
+    def __init__(self, near: float, far: float, name: str | None = None) -> None:
+        super().__init__(name)
         self.near, self.far = float(near), float(far)
         self.log_near = math.log(self.near)
         self.log_span = math.log(self.far) - self.log_near
 
     def check(self, x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, bool]:
-        x = as_tensor(x, "depth")
+        x = as_tensor(x, self.name)
         if not x.dtype.is_floating_point:
-            raise TypeError(
-                f"depth must be float32 metres, got {x.dtype}; pass the depth map as stored (metres, not scaled integers)"
-            )
-        x, single = _check_spatial(x, "depth", "(B, H, W)", 2)
+            raise TypeError(f"{self.name} must be float32 metres, got {x.dtype}; pass the map as stored "
+                            "(metres, not scaled integers)")
+        x, single = _check_spatial(x, self.name, "(B, H, W)", 2)
         if not bool(torch.isfinite(x).all()):
-            raise ValueError("depth contains NaN or infinite values; the sky is stored as the world's far depth")
+            raise ValueError(f"{self.name} contains NaN or infinite values; the sky is stored as the world's far depth")
         lo = float(x.min()) if x.numel() else 1.0
         if lo <= 0:
-            raise ValueError(f"depth must be positive metres, got a minimum of {lo}")
+            raise ValueError(f"{self.name} must be positive metres, got a minimum of {lo}")
         return x, single
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,22 +175,23 @@ class DepthNormalizer(Normalizer):
 class SemsegNormalizer(Normalizer):
     """Class ids (B, H, W) <-> int64 ids in, logits (B, K, H, W) out."""
 
-    modality = "semseg"
+    kind = "semseg"
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, name: str | None = None) -> None:
+        super().__init__(name)
         self.num_classes = int(num_classes)
         self.out_channels = self.num_classes
 
     def check(self, x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, bool]:
-        x = as_tensor(x, "semseg")
+        x = as_tensor(x, self.name)
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-            raise TypeError(f"semseg must hold integer class ids (uint8 or int64), got {x.dtype}")
-        x, single = _check_spatial(x, "semseg", "(B, H, W)", 2)
+            raise TypeError(f"{self.name} must hold integer class ids (uint8 or int64), got {x.dtype}")
+        x, single = _check_spatial(x, self.name, "(B, H, W)", 2)
         if x.numel():
             lo, hi = int(x.min()), int(x.max())
             if lo < 0 or hi >= self.num_classes:
                 raise ValueError(
-                    f"semseg class ids must lie in [0, {self.num_classes - 1}], got values in [{lo}, {hi}]"
+                    f"{self.name} class ids must lie in [0, {self.num_classes - 1}], got values in [{lo}, {hi}]"
                 )
         return x, single
 
@@ -188,35 +202,13 @@ class SemsegNormalizer(Normalizer):
         return y.argmax(dim=1).to(torch.uint8)  # (B, K, H, W) -> (B, H, W)
 
 
-def build_normalizer(modality: str, config: NormalizeConfig) -> Normalizer:
-    """The normaliser of ``modality`` (``rgb``, ``depth`` or ``semseg``)."""
-    if modality == "rgb":
-        return RGBNormalizer()
-    if modality == "depth":
-        return DepthNormalizer(config.depth_near, config.depth_far)
-    if modality == "semseg":
-        return SemsegNormalizer(config.num_classes)
-    raise ValueError(f"unknown image modality {modality!r}; known: {', '.join(IMAGE_MODALITIES)}")
-
-
-def from_world(sample: dict, modality: str) -> torch.Tensor:
-    """One modality of a ShapesWorld sample in the tokenizer's stored format.
-
-    ``render_scene`` gives rgb channels-last (H, W, 3) numpy; the shard reader gives (3, H, W)
-    tensors. Both become uint8 (3, H, W); depth and semseg (H, W) pass through as tensors.
-
-    Args:
-        sample: mapping with ``rgb``, ``depth`` (H, W) float32 and/or ``semseg`` (H, W) uint8.
-        modality: ``rgb``, ``depth`` or ``semseg``.
-    Returns:
-        A tensor without batch dimension.
-    """
-    if modality not in IMAGE_MODALITIES:
-        raise ValueError(f"unknown image modality {modality!r}; known: {', '.join(IMAGE_MODALITIES)}")
-    if modality not in sample:
-        raise KeyError(f"sample has no {modality!r}; it has: {', '.join(sorted(sample))}")
-    value = sample[modality]
-    x = value if isinstance(value, torch.Tensor) else as_tensor(np.asarray(value), modality)
-    if modality == "rgb" and x.ndim == 3 and x.shape[0] != 3 and x.shape[-1] == 3:
-        x = x.permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
-    return x
+def build_normalizer(kind: str, config: NormalizeConfig, name: str | None = None) -> Normalizer:
+    """The normaliser of images of ``kind`` (``rgb``, ``depth`` or ``semseg``); ``name`` (the
+    modality) appears in its error messages."""
+    if kind == "rgb":
+        return RGBNormalizer(name)
+    if kind == "depth":
+        return DepthNormalizer(config.depth_near, config.depth_far, name)
+    if kind == "semseg":
+        return SemsegNormalizer(config.num_classes, name)
+    raise ValueError(f"unknown image kind {kind!r}; known: {', '.join(IMAGE_KINDS)}")

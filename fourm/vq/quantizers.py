@@ -220,6 +220,22 @@ class CodeUsage:
         if len(self._recent) > self.window:
             self._counts -= self._recent.popleft()
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The window's histograms, (n, codebook_size) float64 (for exact resume of the logged figures)."""
+        recent = list(self._recent)
+        return {"recent": torch.stack(recent) if recent else torch.zeros(0, self.codebook_size, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict`."""
+        recent = state["recent"].double()
+        if recent.ndim != 2 or recent.shape[1] != self.codebook_size or recent.shape[0] > self.window:
+            raise ValueError(f"code usage state of shape {tuple(recent.shape)} does not fit a codebook of "
+                             f"{self.codebook_size} and a window of {self.window}")
+        self._recent = collections.deque(recent.unbind(0))
+        self._counts = torch.zeros(self.codebook_size, dtype=torch.float64)
+        for counts in self._recent:  # whole counts: float64 sums are exact whatever the order
+            self._counts += counts
+
     @property
     def usage(self) -> float:
         """Share of codes seen at least once in the window, in [0, 1]."""

@@ -1,6 +1,7 @@
 """WordPiece text tokenizer with the 4M id layout.
 
-Captions and serialised boxes share one vocabulary whose first ids are fixed (reference-4m.md 5.3)::
+Captions and serialised boxes share one vocabulary whose first ids are fixed (the 4M reference's
+text_tokenizer_4m_wordpiece_30k.json, ml-4m/fourm/utils/tokenizer/)::
 
     0 [PAD]   1 [UNK]   2 [SOS]   3 [EOS]
     4 ..                  sentinels [S_0] .. [S_{S-1}]              (S = 200 in the reference)
@@ -17,8 +18,8 @@ Usage::
 
     tok = train_text_tokenizer(captions, class_names=["circle", "square"], vocab_size=4600)
     ids = tok.encode("a red circle", add_eos=True)
-    tok.save_pretrained("tokenizers/text")
-    tok = TextTokenizer.from_pretrained("tokenizers/text")
+    tok.save_pretrained("out/tok/text")
+    tok = TextTokenizer.from_pretrained("out/tok/text")
     ref = TextTokenizer.from_file("text_tokenizer_4m_wordpiece_30k.json")   # the reference's file
 """
 from __future__ import annotations

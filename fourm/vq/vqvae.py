@@ -1,10 +1,10 @@
-"""VQ-VAE image tokenizers for rgb, depth and semseg.
+"""VQ-VAE image tokenizers (rgb, depth, semseg, or any image modality stored like one of them).
 
     tok = ImageTokenizer(TokenizerConfig(modality="rgb"))      # or ImageTokenizer.from_pretrained(dir)
     tokens = tok.encode(rgb)        # uint8 (B, 3, 64, 64)  -> int64 (B, 8, 8)
     rgb_hat = tok.decode(tokens)    # int64 (B, 8, 8)       -> uint8 (B, 3, 64, 64)
 
-The pipeline is the reference's (section 5.1 of reference-4m.md): normalise -> encoder ->
+The pipeline is the 4M reference's (ml-4m/fourm/vq/vqvae.py): normalise -> encoder ->
 projection to a small latent (32 channels) -> quantizer -> decoder -> de-normalise. Encoder and
 decoder are small convolutional nets (``fourm.vq.convnets``: residual blocks with GroupNorm, one
 stride-2 convolution per halving), chosen over a ViT because they are several times faster on a
@@ -12,8 +12,10 @@ CPU at 64 px and need no position embedding to work at other resolutions: ``down
 per token side, 8 by default (64 px -> 8 x 8), 16 for 224 px -> 14 x 14.
 
 Normalisation is inside (see ``fourm.vq.normalize``): ``encode`` takes images as stored and
-``decode`` returns them as stored. The semseg tokenizer embeds class ids with a learned table (as
-the reference does) and its decoder outputs class logits.
+``decode`` returns them as stored; ``config.kind`` (rgb, depth or semseg) says how they are stored.
+A semseg-kind tokenizer embeds class ids with a learned table (as the reference does) and its
+decoder outputs class logits. The config lives in ``fourm.vq.config``, the losses in
+``fourm.vq.losses``; ``fourm.vq.loading.load_tokenizers`` loads a folder of tokenizers.
 
 ``decoder.kind`` picks the decoder: ``conv`` (the default, described above) or ``diffusion`` (rgb
 and depth: a conditional UNet denoiser sampled with DDIM, as 4M's DiVAE; see
@@ -24,221 +26,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fourm.config import from_dict, save_json_atomic, to_dict
-from fourm.vq.convnets import Decoder, Encoder, NetConfig
-from fourm.vq.diffusion import DiffusionConfig, check_steps
-from fourm.vq.normalize import IMAGE_MODALITIES, NormalizeConfig, as_tensor, build_normalizer
-from fourm.vq.quantizers import QuantizerConfig, build_quantizer
+from fourm.vq.config import TokenizerConfig
+from fourm.vq.convnets import Decoder, Encoder
+from fourm.vq.diffusion import check_steps
+from fourm.vq.losses import object_weight_map, reconstruction_loss
+from fourm.vq.normalize import as_tensor, build_normalizer
+from fourm.vq.quantizers import build_quantizer
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-DECODER_KINDS = ("conv", "diffusion")
 DEFAULT_DECODE_SEED = 0  # seed of a diffusion decoder's starting noise when decode gets no generator
 
-
-@dataclass(frozen=True)
-class DecoderConfig:
-    """The decoder: a convolutional net (``kind: conv``) or a diffusion model (``kind: diffusion``).
-
-    Args:
-        kind: ``conv`` (default; the mirror of the encoder) or ``diffusion`` (rgb and depth).
-        dim, dim_mult, depths: size of the conv decoder, as in ``NetConfig`` (unset: its
-            defaults); not allowed with ``kind: diffusion``.
-        diffusion: the diffusion decoder (``DiffusionConfig``; unset: its defaults); not allowed
-            with ``kind: conv``.
-
-    Configs written before ``kind`` existed (``{dim, dim_mult, depths}``) read as ``kind: conv``.
-    """
-
-    kind: Literal["conv", "diffusion"] = "conv"
-    dim: int | None = None
-    dim_mult: tuple[int, ...] | None = None
-    depths: tuple[int, ...] | None = None
-    # ``dict``: a mapping is converted in __post_init__, so that a bad entry's own message reaches
-    # the user (fourm.config reports a value that fails ``DiffusionConfig | None`` as "fits none of")
-    diffusion: DiffusionConfig | dict | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.diffusion, dict):
-            diffusion = from_dict(DiffusionConfig, self.diffusion, "tokenizer.decoder.diffusion")
-            object.__setattr__(self, "diffusion", diffusion)
-        conv_fields = {n: getattr(self, n) for n in ("dim", "dim_mult", "depths")}
-        if self.kind == "conv":
-            if self.diffusion is not None:
-                raise ValueError("decoder.diffusion is set but decoder.kind is 'conv'; "
-                                 "set decoder.kind: diffusion or remove decoder.diffusion")
-            net = NetConfig(**{n: v for n, v in conv_fields.items() if v is not None})  # validates
-            for n in conv_fields:
-                object.__setattr__(self, n, getattr(net, n))
-        elif self.kind == "diffusion":
-            given = [n for n, v in conv_fields.items() if v is not None]
-            if given:
-                raise ValueError(f"decoder.{'/'.join(given)} size the conv decoder, but decoder.kind is 'diffusion'; "
-                                 "remove them and size the UNet with decoder.diffusion.block_out_channels / "
-                                 "layers_per_block")
-            if self.diffusion is None:
-                object.__setattr__(self, "diffusion", DiffusionConfig())
-        else:
-            raise ValueError(f"decoder.kind={self.kind!r}; allowed: {', '.join(map(repr, DECODER_KINDS))}")
-
-    @property
-    def net(self) -> NetConfig:
-        """The conv decoder's ``NetConfig`` (``kind: conv`` only)."""
-        if self.kind != "conv":
-            raise ValueError(f"decoder.kind is {self.kind!r}; only a conv decoder has a NetConfig")
-        return NetConfig(self.dim, tuple(self.dim_mult), tuple(self.depths))
-
-    @classmethod
-    def from_net(cls, net: NetConfig) -> "DecoderConfig":
-        """The conv decoder of ``net``."""
-        return cls(kind="conv", dim=net.dim, dim_mult=tuple(net.dim_mult), depths=tuple(net.depths))
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Reconstruction loss weights; unset means the modality's default.
-
-    rgb and depth use ``l1`` (default 1) plus ``mse`` (default 0) on normalised values (depth:
-    normalised log-depth); semseg uses ``cross_entropy`` (default 1) over classes.
-
-    ``object_weight`` (rgb only; default 0 = off) weights the pixels of objects, and the one-pixel
-    ring around them where the silhouette edge lies, ``1 + object_weight`` times a background
-    pixel; each image's weights are then divided by their mean, so the loss keeps its scale. Objects
-    cover about a tenth of a ShapesWorld image, so with plain per-pixel losses the sky and ground
-    dominate and shapes blur into blobs. Training then needs the scenes' semseg maps (data.source
-    generator or shards) to find the objects; see :func:`object_weight_map`.
-    """
-
-    l1: float | None = None
-    mse: float | None = None
-    cross_entropy: float | None = None
-    object_weight: float | None = None
-
-
-@dataclass(frozen=True)
-class TokenizerConfig:
-    """An image tokenizer.
-
-    Args:
-        modality: ``rgb``, ``depth`` or ``semseg``.
-        image_size: side of the training images in pixels (encode accepts any multiple of
-            ``downsample``).
-        downsample: pixels per token side; a power of two.
-        encoder: the encoder net; needs ``log2(downsample)`` entries in ``dim_mult``.
-        decoder: ``DecoderConfig``: a conv net like the encoder (the default; a ``NetConfig`` is
-            accepted and read as one) or a diffusion decoder (rgb, depth).
-        quantizer: see ``QuantizerConfig``.
-        normalize: the fixed normalisation constants (depth range, number of classes).
-        loss: reconstruction loss weights.
-        class_embed_dim: channels of the class-id embedding (semseg only).
-    """
-
-    modality: str
-    image_size: int = 64
-    downsample: int = 8
-    encoder: NetConfig = field(default_factory=NetConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    class_embed_dim: int = 16
-
-    def __post_init__(self) -> None:
-        if self.modality not in IMAGE_MODALITIES:
-            raise ValueError(f"modality={self.modality!r}; known: {', '.join(IMAGE_MODALITIES)}")
-        d = self.downsample
-        if d < 2 or d & (d - 1):
-            raise ValueError(f"downsample={d}: must be a power of two >= 2 (8 gives 8 x 8 tokens at 64 px)")
-        stages = int(math.log2(d))
-        if isinstance(self.decoder, NetConfig):
-            object.__setattr__(self, "decoder", DecoderConfig.from_net(self.decoder))
-        nets = [("encoder", self.encoder)] + ([("decoder", self.decoder)] if self.decoder.kind == "conv" else [])
-        for name, net in nets:
-            if len(net.dim_mult) != stages:
-                raise ValueError(
-                    f"{name}.dim_mult has {len(net.dim_mult)} entries but downsample={d} needs {stages} "
-                    "(one per halving of the resolution)"
-                )
-        if self.image_size % d:
-            raise ValueError(f"image_size={self.image_size} must be a multiple of downsample={d}")
-        if self.decoder.kind == "diffusion":
-            self._check_diffusion()
-        if self.modality == "semseg":
-            if self.loss.l1 is not None or self.loss.mse is not None:
-                raise ValueError("loss.l1 / loss.mse do not apply to semseg (it uses loss.cross_entropy); remove them")
-            if self.normalize.num_classes > 256:
-                raise ValueError(f"normalize.num_classes={self.normalize.num_classes}: semseg is stored as uint8 (<= 256)")
-        elif self.loss.cross_entropy is not None:
-            raise ValueError(f"loss.cross_entropy applies to semseg only, not {self.modality}; use loss.l1 / loss.mse")
-        ow = self.loss.object_weight
-        if ow is not None:
-            if self.modality != "rgb":
-                raise ValueError(f"loss.object_weight={ow} applies to rgb only, not {self.modality}; remove it")
-            if not (isinstance(ow, (int, float)) and math.isfinite(ow) and ow >= 0):
-                raise ValueError(f"loss.object_weight={ow!r}: must be a finite number >= 0 (0 = off; e.g. 4)")
-
-    def _check_diffusion(self) -> None:
-        dc = self.decoder.diffusion
-        if self.modality not in ("rgb", "depth"):
-            raise ValueError(f"decoder.kind='diffusion' with modality={self.modality!r}: class ids are not a "
-                             "diffusion target; allowed for rgb and depth (use decoder.kind: conv for semseg)")
-        if 2 ** dc.halvings > self.downsample:
-            raise ValueError(f"decoder.diffusion.block_out_channels={list(dc.block_out_channels)} halves the image "
-                             f"{dc.halvings} times (by {2 ** dc.halvings}), which must divide downsample="
-                             f"{self.downsample} so every token grid decodes; use at most "
-                             f"{int(math.log2(self.downsample)) + 1} levels")
-        if self.loss.l1 is not None or self.loss.mse is not None:
-            raise ValueError("loss.l1 / loss.mse weight the conv decoder's reconstruction; the diffusion decoder "
-                             "is trained with the denoising MSE (decoder.diffusion.prediction_type); remove them")
-
-    @property
-    def loss_weights(self) -> dict[str, float]:
-        """Resolved reconstruction loss weights of this modality."""
-        if self.modality == "semseg":
-            return {"cross_entropy": 1.0 if self.loss.cross_entropy is None else self.loss.cross_entropy}
-        return {"l1": 1.0 if self.loss.l1 is None else self.loss.l1, "mse": self.loss.mse or 0.0,
-                "object_weight": float(self.loss.object_weight or 0.0)}
-
-    @property
-    def needs_semseg(self) -> bool:
-        """Whether training needs the scenes' semseg maps (``loss.object_weight`` > 0)."""
-        return self.modality == "rgb" and bool(self.loss.object_weight)
-
-
-def object_weight_map(semseg: torch.Tensor, object_weight: float) -> torch.Tensor:
-    """Per-pixel loss weights of ``loss.object_weight``, normalised to mean 1 per image.
-
-    Args:
-        semseg: (B, H, W) class ids (``SEMSEG_CLASSES``: 0 sky, 1 ground, >= 2 an object).
-        object_weight: extra weight of object pixels and of the one-pixel ring around them.
-    Returns:
-        (B, 1, H, W) float32 weights: ``1 + object_weight`` on (dilated) objects, 1 elsewhere,
-        divided by the image's mean.
-    """
-    if semseg.ndim != 3:
-        raise ValueError(f"semseg must have shape (B, H, W), got {tuple(semseg.shape)}")
-    obj = (semseg >= 2).float().unsqueeze(1)  # (B, 1, H, W)
-    ring = F.max_pool2d(obj, kernel_size=3, stride=1, padding=1)  # objects grown by one pixel: their edges
-    w = 1.0 + object_weight * ring
-    return w / w.mean(dim=(1, 2, 3), keepdim=True)
-
-
-# --- the tokenizer ------------------------------------------------------------------------------
 
 class TokenizerOutput(NamedTuple):
     """Result of a training forward pass.
@@ -275,9 +85,9 @@ class ImageTokenizer(nn.Module):
         """
         super().__init__()
         self.config = config
-        self.normalizer = build_normalizer(config.modality, config.normalize)
+        self.normalizer = build_normalizer(config.kind, config.normalize, config.modality)
         qc = config.quantizer
-        if config.modality == "semseg":
+        if config.kind == "semseg":
             self.class_embed = nn.Embedding(config.normalize.num_classes, config.class_embed_dim)
             in_channels = config.class_embed_dim
         else:
@@ -298,7 +108,13 @@ class ImageTokenizer(nn.Module):
     # properties ---------------------------------------------------------------------------------
     @property
     def modality(self) -> str:
+        """Its name: the folder in a tokenizer set and the raw field it reads."""
         return self.config.modality
+
+    @property
+    def kind(self) -> str:
+        """How its images are stored: ``rgb``, ``depth`` or ``semseg``."""
+        return self.config.kind
 
     @property
     def codebook_size(self) -> int:
@@ -364,47 +180,34 @@ class ImageTokenizer(nn.Module):
         """Reconstruction loss of the network output (B, C_out, H, W) against the normalised
         input (B, C, H, W) (rgb, depth) or the class ids (B, H, W) (semseg); ``pixel_weights``
         (B, 1, H, W) of mean 1 (:func:`object_weight_map`) weight the per-pixel l1 / mse terms."""
-        w = self.config.loss_weights
-        out = output.float()
-        if self.modality == "semseg":
-            return w["cross_entropy"] * F.cross_entropy(out, target)
-        if pixel_weights is None:
-            loss = w["l1"] * F.l1_loss(out, target)
-            if w["mse"]:
-                loss = loss + w["mse"] * F.mse_loss(out, target)
-            return loss
-        diff = out - target  # (B, C, H, W)
-        loss = w["l1"] * (diff.abs() * pixel_weights).mean()
-        if w["mse"]:
-            loss = loss + w["mse"] * (diff.square() * pixel_weights).mean()
-        return loss
+        return reconstruction_loss(output, target, self.kind, self.config.loss_weights, pixel_weights)
 
-    def forward(self, images: torch.Tensor, semseg: torch.Tensor | None = None,
+    def forward(self, images: torch.Tensor, objects: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> TokenizerOutput:
         """Training pass on a stored-format batch (see the class docstring).
 
         Args:
             images: the stored-format batch.
-            semseg: (B, H, W) class ids of the same scenes; required exactly when
-                ``loss.object_weight`` > 0 (rgb), where it locates the objects.
+            objects: (B, H, W) bool, the object pixels of the same images; required exactly when
+                ``loss.object_weight`` > 0 (rgb), which weighs them (:func:`object_weight_map`).
             generator: noise and timesteps of the diffusion decoder's loss, on the tokenizer's
                 device (None: torch's global RNG, which the trainer seeds and checkpoints);
                 unused by the conv decoder.
         """
-        if self.config.needs_semseg and semseg is None:
-            raise ValueError(f"loss.object_weight={self.config.loss.object_weight} needs the scenes' semseg maps: "
-                             "call forward(images, semseg=...)")
-        if semseg is not None and not self.config.needs_semseg:
-            raise ValueError("semseg was given but loss.object_weight is not set (> 0); it would be unused")
+        if self.config.needs_objects and objects is None:
+            raise ValueError(f"loss.object_weight={self.config.loss.object_weight} needs the images' object pixels: "
+                             "call forward(images, objects=...)")
+        if objects is not None and not self.config.needs_objects:
+            raise ValueError("objects were given but loss.object_weight is not set (> 0); they would be unused")
         x, _ = self.normalizer.check(images)
         self._check_size(x)
         x = self.normalizer.to_model(x.to(self.device))
         weights = None
-        if semseg is not None:
-            if tuple(semseg.shape) != (x.shape[0], *x.shape[-2:]):
-                raise ValueError(f"semseg has shape {tuple(semseg.shape)}; expected {(x.shape[0], *x.shape[-2:])} "
-                                 "(one map per image, same size)")
-            weights = object_weight_map(semseg.to(self.device), self.config.loss_weights["object_weight"])
+        if objects is not None:
+            if tuple(objects.shape) != (x.shape[0], *x.shape[-2:]):
+                raise ValueError(f"objects has shape {tuple(objects.shape)}; expected {(x.shape[0], *x.shape[-2:])} "
+                                 "(one mask per image, same size)")
+            weights = object_weight_map(objects.to(self.device), self.config.loss_weights["object_weight"])
         z = self.forward_encoder(x)  # (B, D, h, w)
         q = self.quantizer(z)
         if self.is_diffusion:  # denoising loss at a random timestep; output is the UNet's prediction
@@ -534,32 +337,3 @@ def _sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def load_tokenizers(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, nn.Module]:
-    """Load every tokenizer in ``directory``: subfolders ``rgb/``, ``depth/``, ``semseg/`` (image
-    tokenizers) and ``text/`` (``fourm.vq.text.TextTokenizer``, shared by caption and det).
-
-    Returns:
-        {"rgb": ImageTokenizer, ..., "text": TextTokenizer} for the subfolders present.
-    """
-    root = Path(directory)
-    if not root.is_dir():
-        raise FileNotFoundError(f"tokenizer folder {root} does not exist")
-    out: dict[str, nn.Module] = {}
-    for name in IMAGE_MODALITIES:
-        sub = root / name
-        if (sub / CONFIG_NAME).is_file():
-            tok = ImageTokenizer.from_pretrained(sub, map_location=map_location)
-            if tok.modality != name:
-                raise ValueError(f"{sub} holds a {tok.modality!r} tokenizer; move it to {root / tok.modality}")
-            out[name] = tok
-    if (root / "text").is_dir():
-        from fourm.vq.text import TextTokenizer  # the text tokenizer is optional here
-
-        out["text"] = TextTokenizer.from_pretrained(root / "text")
-    if not out:
-        raise FileNotFoundError(
-            f"no tokenizer found in {root}; expected subfolders {', '.join(IMAGE_MODALITIES)} or text"
-        )
-    return out

@@ -1,9 +1,10 @@
-"""The photo data source of the rgb tokenizer (fourm/vq/photos.py, ``data.source: photos``): the
+"""The photo data source of rgb tokenizers (fourm/data/photos.py, ``data.source: photos``): the
 catalogue loads offline, crops are uint8 of the right size, reproducible, never from held-out
 photos; tiling round-trips exactly; bad configs are refused with the field named; the committed
 photo tokenizer is the twin of the ShapesWorld one."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -15,9 +16,10 @@ import torch.nn.functional as F
 
 from conftest import REPO
 from fourm.config import ConfigError, from_dict, load_config, to_dict
-from fourm.vq.photos import (COLOUR_PHOTOS, DEFAULT_HOLDOUT, PHOTOS, PhotoCrops, load_photo, photo_psnr,
-                             photo_tiles, untile)
-from fourm.vq.train import DataConfig, TokenizerTrainConfig, build_loader, train_tokenizer
+from fourm.data.image_sources import ImageDataConfig, image_loader
+from fourm.data.photos import COLOUR_PHOTOS, DEFAULT_HOLDOUT, PHOTOS, PhotoCrops, load_photo, photo_tiles, untile
+from fourm.evaluation.reconstruction import photo_psnr
+from fourm.training.tokenizer_task import TokenizerTrainConfig, train_tokenizer
 from fourm.vq.vqvae import ImageTokenizer
 
 CONFIGS = REPO / "configs" / "tokenizers"
@@ -28,7 +30,7 @@ def refuse(*a, **k):
     raise OSError("network blocked by the test")
 socket.socket.connect = refuse
 socket.create_connection = refuse
-from fourm.vq.photos import PHOTOS, load_photo
+from fourm.data.photos import PHOTOS, load_photo
 for n in PHOTOS:
     p = load_photo(n)
     print(n, p.dtype, *p.shape)
@@ -99,13 +101,15 @@ def test_crops_never_come_from_held_out_photos():
 
 def test_loader_batches_depend_on_the_step_only():
     cfg = load_config(TokenizerTrainConfig, CONFIGS / "rgb_tiny.yaml",
-                      overrides=["data.source=photos", "data.holdout=[astronaut,coffee]", "steps=4", "batch_size=3"])
-    full = list(build_loader(cfg, start=0, rank=0, world_size=1))
-    resumed = list(build_loader(cfg, start=2, rank=0, world_size=1))
-    assert len(full) == 4 and len(resumed) == 2
+                      overrides=["data.source=photos", "data.holdout=[astronaut,coffee]", "steps=4", "data.batch_size=3"])
+
+    def batches(start: int, n: int, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+        return list(itertools.islice(image_loader(cfg.data, "rgb", 32, start, rank, world_size), n))
+
+    full, resumed = batches(0, 4), batches(2, 2)
     assert full[0].dtype == torch.uint8 and full[0].shape == (3, 3, 32, 32)
     assert torch.equal(full[2], resumed[0]) and torch.equal(full[3], resumed[1])
-    rank1 = list(build_loader(cfg, start=0, rank=1, world_size=2))
+    rank1 = batches(0, 1, rank=1, world_size=2)
     assert not torch.equal(rank1[0], full[0])  # another process, other crops
 
 
@@ -133,30 +137,30 @@ def test_tiles_round_trip_and_identity_scores_100():
 
 def test_config_errors_name_the_field_the_value_and_what_is_allowed():
     with pytest.raises(ValueError, match=r"data.holdout: unknown photo 'astronot'; known: .*astronaut"):
-        DataConfig(source="photos", holdout=("astronot",))
+        ImageDataConfig(source="photos", holdout=("astronot",))
     with pytest.raises(ValueError, match="data.holdout: coffee listed more than once"):
-        DataConfig(source="photos", holdout=("coffee", "coffee"))
+        ImageDataConfig(source="photos", holdout=("coffee", "coffee"))
     with pytest.raises(ValueError, match="holds all 19 photos"):
-        DataConfig(source="photos", holdout=PHOTOS)
+        ImageDataConfig(source="photos", holdout=PHOTOS)
     with pytest.raises(ValueError, match=r"data.crop_scale=\[2.0, 1.0\]"):
-        DataConfig(source="photos", crop_scale=(2.0, 1.0))
+        ImageDataConfig(source="photos", crop_scale=(2.0, 1.0))
     with pytest.raises(ValueError, match="data.num_scenes=10 is for data.source: generator"):
-        DataConfig(source="photos", num_scenes=10)
+        ImageDataConfig(source="photos", num_scenes=10)
     with pytest.raises(ValueError, match="data.shards is set but data.source is 'photos'"):
-        DataConfig(source="photos", shards="x/*.tar")
+        ImageDataConfig(source="photos", shards="x/*.tar")
     with pytest.raises(ConfigError, match="'photo' is not allowed; allowed: 'generator', 'shards', 'photos'"):
-        from_dict(DataConfig, {"source": "photo"}, path="data")
-    with pytest.raises(ValueError, match="tokenizer.modality is 'depth'"):
+        from_dict(ImageDataConfig, {"source": "photo"}, path="data")
+    with pytest.raises(ValueError, match="gives rgb images only, but tokenizer 'depth' stores depth"):
         load_config(TokenizerTrainConfig, CONFIGS / "depth_tiny.yaml", overrides=["data.source=photos"])
-    DataConfig(source="photos", holdout=("astronaut",), crop_scale=(1.0, 1.0))  # a valid one passes
+    ImageDataConfig(source="photos", holdout=("astronaut",), crop_scale=(1.0, 1.0))  # a valid one passes
 
 
 def test_tiny_training_on_photos_runs_and_scores_the_held_out_tiles(tmp_path):
     cfg = load_config(TokenizerTrainConfig, CONFIGS / "rgb_tiny.yaml",
                       overrides=[f"out_dir={tmp_path}", "data.source=photos", "data.holdout=[coins]", "steps=2",
-                                 "checkpoint_every=2"])
+                                 "checkpoint.every=2"])
     summary = train_tokenizer(cfg, progress=False)
-    assert 0 < summary["eval"]["psnr"] < 100
+    assert 0 < summary.val["psnr"] < 100
     saved = json.loads((tmp_path / "train_config.json").read_text())
     assert saved["data"]["source"] == "photos" and saved["data"]["holdout"] == ["coins"]
 

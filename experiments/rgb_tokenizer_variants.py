@@ -1,7 +1,7 @@
 """Train rgb tokenizer variants side by side and score each with PSNR and the scene parser.
 
-    python benchmarks/rgb_tokenizer_variants.py --out out/tokenizers_rgb_variants            # all variants
-    python benchmarks/rgb_tokenizer_variants.py --out /tmp/v --steps 3 --eval-samples 8 --variants base,ow4
+    python experiments/rgb_tokenizer_variants.py --out out/tokenizers_rgb_variants            # all variants
+    python experiments/rgb_tokenizer_variants.py --out /tmp/v --steps 3 --eval-samples 8 --variants base,ow4
 
 Each variant is ``configs/tokenizers/rgb_64.yaml`` plus config overrides (``VARIANTS``); all keep
 the 8 x 8 token grid at 64 px. The variants run as parallel subprocesses (one per variant, sharing
@@ -47,22 +47,22 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     import torch
 
     from fourm.config import load_config, save_json_atomic
-    from fourm.vq.evaluate import evaluate_tokenizers
-    from fourm.vq.train import TokenizerTrainConfig, train_tokenizer
+    from fourm.evaluation.reconstruction import evaluate_tokenizers
+    from fourm.training.tokenizer_task import TokenizerTrainConfig, train_tokenizer
     from fourm.vq.vqvae import ImageTokenizer
 
     torch.set_num_threads(args.threads)
     out = Path(args.out) / name
     overrides = VARIANTS[name] + [f"out_dir={out}", f"steps={args.steps}", f"data.num_workers={args.num_workers}",
-                                  "eval_every=0", f"checkpoint_every={args.steps}", "keep_checkpoints=1"]
+                                  "val.every=0", f"checkpoint.every={args.steps}", "checkpoint.keep_last=1"]
     cfg = load_config(TokenizerTrainConfig, BASE_CONFIG, overrides=overrides)
     summary = train_tokenizer(cfg, progress=False)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = ImageTokenizer.from_pretrained(summary["tokenizer_dir"], map_location=device)
+    tok = ImageTokenizer.from_pretrained(summary.model_dir, map_location=device)
     ev = evaluate_tokenizers({"rgb": tok}, seed=args.eval_seed, num_samples=args.eval_samples, progress=False)
     result = {"variant": name, "overrides": VARIANTS[name], "steps": args.steps, "device": device,
               "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-              "train_wall_s": summary["wall_s"], "train_last": summary["last"], "train_eval": summary["eval"],
+              "train_wall_s": summary.wall_s, "train_last": summary.last, "train_eval": summary.val,
               "eval_seed": args.eval_seed, "eval_samples": args.eval_samples, "rgb": ev["rgb"],
               "parameters": sum(p.numel() for p in tok.parameters())}
     save_json_atomic(result, out / "result.json")
@@ -70,7 +70,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         Path(args.tar_dir).mkdir(parents=True, exist_ok=True)
         tmp = Path(args.tar_dir) / f".{name}.tar.tmp"
         with tarfile.open(tmp, "w") as tf:
-            tf.add(summary["tokenizer_dir"], arcname=f"{name}/tokenizer")
+            tf.add(summary.model_dir, arcname=f"{name}/tokenizer")
             tf.add(out / "result.json", arcname=f"{name}/result.json")
         os.replace(tmp, Path(args.tar_dir) / f"{name}.tar")
     return result

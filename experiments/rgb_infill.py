@@ -1,6 +1,6 @@
 """Where does caption -> rgb go wrong: the objects, or the ground and sky around them?
 
-    .venv/bin/python benchmarks/rgb_infill.py models/shapes_bundled
+    .venv/bin/python experiments/rgb_infill.py models/shapes_bundled
 
 For ``--num-samples`` held-out ShapesWorld scenes (world seed ``--seed``), the model generates
 tok_rgb with MaskGIT under up to six conditions, and the scene parser scores each decoded image against
@@ -25,7 +25,7 @@ scene); objects given 0.399 (2.27); ground given 0.159 (3.00), and 0.173 without
 Even from the whole image its tok_rgb puts objects where they are, with their shapes, in the
 wrong colours (F1 0.476 without colour, 0.127 with it): its training mixtures asked for tok_rgb
 from the pixels only inside all-to-all, and its tok_rgb head has not learned colour (250 steps of
-pixels -> tok_rgb alone, ``configs/fm/shapes_bundled_transcribe.yaml``, lift that row to 0.628;
+pixels -> tok_rgb alone, ``experiments/configs/shapes_bundled_transcribe.yaml``, lift that row to 0.628;
 caption -> rgb stays at 0.071). Its object tokens do not follow the caption (no better with it
 than without), and around ground-truth objects it draws extra object parts where the ground and
 sky should be.
@@ -42,13 +42,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fourm.data.shapes_world import WorldConfig, parse_caption, render_scene  # noqa: E402
-from fourm.evaluation import task_metrics as tm  # noqa: E402
+from fourm.evaluation.objects import object_triples, triple_f1  # noqa: E402
 from fourm.evaluation.scene_parser import parse_scene  # noqa: E402
 from fourm.generation import Sampler, Target  # noqa: E402
 from fourm.generation.chain import inpaint  # noqa: E402
 from fourm.models import FourM  # noqa: E402
-from fourm.vq.normalize import from_world  # noqa: E402
-from fourm.vq.vqvae import load_tokenizers  # noqa: E402
+from fourm.data.image_sources import stored_image  # noqa: E402
+from fourm.vq.loading import load_tokenizers  # noqa: E402
 
 SKY, GROUND = 0, 1  # ShapesWorld semseg ids; every other id is an object
 
@@ -85,7 +85,7 @@ def main() -> None:
     grid = tuple(sampler.specs["tok_rgb"].grid)
     scenes = [render_scene(args.seed, i, WorldConfig(image_size=args.image_size)) for i in range(args.num_samples)]
     with torch.no_grad():
-        pixels = torch.stack([from_world(s, "rgb") for s in scenes])  # (B, 3, H, W) uint8
+        pixels = torch.stack([stored_image(s, "rgb") for s in scenes])  # (B, 3, H, W) uint8
         rgb = toks["rgb"].encode(pixels).reshape(len(scenes), -1).cpu()
     objects = torch.stack([object_patches(s["semseg"], grid) for s in scenes])  # (B, L)
     captions = [s["caption"] for s in scenes]
@@ -100,9 +100,9 @@ def main() -> None:
     def score(name: str, tokens: torch.Tensor, t0: float) -> None:
         with torch.no_grad():
             images = toks["rgb"].decode(tokens.reshape(-1, *grid).to(toks["rgb"].device)).permute(0, 2, 3, 1).cpu()
-        parsed = [tm.object_triples(parse_scene(np.ascontiguousarray(im.numpy()))) for im in images]
-        s = tm.triple_f1(parsed, named)
-        blind = tm.triple_f1(colourless(parsed), colourless(named))
+        parsed = [object_triples(parse_scene(np.ascontiguousarray(im.numpy()))) for im in images]
+        s = triple_f1(parsed, named)
+        blind = triple_f1(colourless(parsed), colourless(named))
         print(f"{name:28s} {s['f1']:6.3f} {s['precision']:6.3f} {s['recall']:6.3f} {s['fp'] / len(scenes):15.2f} "
               f"{blind['f1']:13.3f} {time.perf_counter() - t0:5.0f}", flush=True)
 

@@ -1,11 +1,10 @@
-"""Photographs bundled with scikit-image, as a data source of the rgb tokenizer (``data.source: photos``).
+"""Photographs bundled with scikit-image, a data source of rgb tokenizers (``data.source: photos``).
 
     crops = PhotoCrops(seed=0, image_size=64, holdout=DEFAULT_HOLDOUT)   # crops[i]: uint8 (3, 64, 64)
     tiles = held_out_tiles(DEFAULT_HOLDOUT, 64)                          # uint8 (N, 3, 64, 64)
-    scores = photo_psnr(tokenizer, DEFAULT_HOLDOUT)                      # {"astronaut": dB, ...}
 
 The catalogue is the photographs that ``skimage.data`` ships inside the package (checked with the
-network blocked and an empty data cache, scikit-image 0.26; ``tests/test_vq_photos.py`` repeats the
+network blocked and an empty data cache, scikit-image 0.26; ``tests/test_photos.py`` repeats the
 check). Colour photographs are kept as they are; grey ones are replicated to three equal channels:
 they add textures (brick, grass, gravel), a lunar surface, microscopy and printed text that the
 eight colour photographs lack, and a tokenizer of colour images must reproduce grey ones too.
@@ -25,9 +24,9 @@ side), a uniform position, a horizontal flip with probability 1/2; the square is
 ``image_size`` (bilinear, antialiased). A crop depends on ``(seed, i)`` only, so a resumed run reads
 what an uninterrupted one would. Held-out photos are never cropped for training.
 
-Held-out scoring tiles each photo into non-overlapping ``image_size`` squares (the photo centre-
-cropped to a multiple of the tile size), round-trips every tile through the tokenizer at the size
-it was trained at, and reports one PSNR per photo from the mean squared error over all its tiles.
+Held-out tiles: each photo cut into non-overlapping ``image_size`` squares (the photo centre-
+cropped to a multiple of the tile size); ``fourm.evaluation.reconstruction.photo_psnr`` round-trips
+every tile through a tokenizer and reports one PSNR per photo.
 """
 from __future__ import annotations
 
@@ -162,52 +161,8 @@ def held_out_tiles(holdout: Iterable[str], tile: int) -> torch.Tensor:
     return torch.cat([photo_tiles(load_photo(n), tile) for n in names])
 
 
-def psnr_from_mse(mse: float) -> float:
-    """PSNR in dB of a mean squared error on the 0..255 scale (100 dB for an exact match)."""
-    return 100.0 if mse <= 0 else min(10.0 * math.log10(255.0**2 / mse), 100.0)
-
-
 def untile(tiles: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Inverse of ``photo_tiles``: (rows * cols, C, t, t) -> (C, rows * t, cols * t)."""
     n, c, t, _ = tiles.shape
     assert n == rows * cols, (n, rows, cols)
     return tiles.reshape(rows, cols, c, t, t).permute(2, 0, 3, 1, 4).reshape(c, rows * t, cols * t)
-
-
-@torch.no_grad()
-def round_trip_photo(tokenizer: torch.nn.Module, photo: torch.Tensor,
-                     batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """A photo's tiles through ``decode(encode(.))`` at the tokenizer's training size, reassembled.
-
-    Args:
-        tokenizer: an rgb ``ImageTokenizer`` (encode / decode uint8 images, ``config.image_size``).
-        photo: uint8 (3, H, W).
-        batch_size: tiles per forward.
-    Returns:
-        (the photo centre-cropped to whole tiles, its reconstruction), both uint8 (3, H', W') on the CPU.
-    """
-    tile = tokenizer.config.image_size
-    device = next(tokenizer.parameters()).device
-    tokenizer.eval()
-    tiles = photo_tiles(photo, tile)  # (N, 3, t, t)
-    recon = torch.cat([tokenizer.decode(tokenizer.encode(tiles[lo:lo + batch_size].to(device))).cpu()
-                       for lo in range(0, tiles.shape[0], batch_size)])
-    rows, cols = photo.shape[1] // tile, photo.shape[2] // tile
-    return untile(tiles, rows, cols), untile(recon, rows, cols)
-
-
-def photo_psnr(tokenizer: torch.nn.Module, names: Iterable[str], batch_size: int = 64) -> dict[str, float]:
-    """PSNR of each photo round-tripped tile by tile through an rgb tokenizer (``round_trip_photo``).
-
-    Args:
-        tokenizer: an rgb ``ImageTokenizer``.
-        names: catalogued photos (normally the held-out ones).
-        batch_size: tiles per forward.
-    Returns:
-        {name: PSNR in dB from the mean squared error over all the photo's tiles}.
-    """
-    out = {}
-    for name in check_photo_names(names, "photos"):
-        target, recon = round_trip_photo(tokenizer, load_photo(name), batch_size)
-        out[name] = psnr_from_mse(float((recon.double() - target.double()).pow(2).mean()))
-    return out

@@ -1,6 +1,6 @@
 """How many codes does an image tokenizer need? Code statistics, and what merging codes costs.
 
-    .venv/bin/python benchmarks/codebook_merge.py --tokenizers tokenizers/shapes64
+    .venv/bin/python experiments/codebook_merge.py --tokenizers tokenizers/shapes64
 
 For ``--num-samples`` held-out ShapesWorld scenes (world seed ``--seed``) it prints, per image
 tokenizer, the distinct codes used and their unigram entropy (the most a model could have to
@@ -13,7 +13,7 @@ Why it matters: a FourM generates tokens, not pixels. ShapesWorld's rgb tokenize
 codes almost uniformly (128 scenes of seed 777: 1020 codes used, unigram entropy 6.77 of 6.93 nats):
 the ground and sky of every scene get codes of their own. The bundled FourM's tok_rgb loss stays
 near 5.8 nats even when a third of the grid is given, and caption -> rgb suffers (see
-benchmarks/rgb_infill.py). Merged into 256 groups the same tokenizer keeps 28.5 dB and object F1
+experiments/rgb_infill.py). Merged into 256 groups the same tokenizer keeps 28.5 dB and object F1
 0.80 (1024 codes: 32.1 dB, 0.91; 128: 26.8 dB, 0.67). A coarser vocabulary alone did not help the
 bundled model, though: with its tok_rgb mapped to 256 merged codes and 300 more training steps
 (stage 2's mixture), its tok_rgb loss fell by about the entropy removed (6.1 -> 4.7 nats) and
@@ -32,11 +32,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from fourm.data.shapes_world import WorldConfig, render_scene  # noqa: E402
-from fourm.evaluation.metrics import scene_f1  # noqa: E402
+from fourm.evaluation.objects import scene_f1  # noqa: E402
 from fourm.evaluation.scene_parser import parse_scene  # noqa: E402
-from fourm.vq.evaluate import psnr as image_psnr  # noqa: E402
-from fourm.vq.normalize import from_world  # noqa: E402
-from fourm.vq.vqvae import load_tokenizers  # noqa: E402
+from fourm.evaluation.dense import psnr as image_psnr  # noqa: E402
+from fourm.data.image_sources import stored_image  # noqa: E402
+from fourm.vq.loading import load_tokenizers  # noqa: E402
 
 
 def merge_codes(codebook: torch.Tensor, usage: torch.Tensor, k: int, generator: torch.Generator,
@@ -86,7 +86,7 @@ def main() -> None:
         if key not in toks:
             continue
         with torch.no_grad():
-            codes[key] = toks[key].encode(torch.stack([from_world(s, key) for s in scenes]))  # (B, h, w)
+            codes[key] = toks[key].encode(torch.stack([stored_image(s, key) for s in scenes]))  # (B, h, w)
         K = toks[key].codebook_size
         counts = torch.bincount(codes[key].flatten(), minlength=K).float()
         prob = counts[counts > 0] / counts.sum()
@@ -96,7 +96,7 @@ def main() -> None:
         return
     tok, rgb = toks["rgb"], codes["rgb"]
     truth = [s["objects"] for s in scenes]
-    pixels = torch.stack([from_world(s, "rgb") for s in scenes])  # (B, 3, H, W) uint8
+    pixels = torch.stack([stored_image(s, "rgb") for s in scenes])  # (B, 3, H, W) uint8
 
     def score(tokens: torch.Tensor) -> tuple[float, float]:
         with torch.no_grad():

@@ -1,6 +1,6 @@
 """Does a model read what it names? Teacher-forced word accuracy of rgb -> caption, by word kind.
 
-    .venv/bin/python benchmarks/caption_binding.py models/shapes_bundled [more models ...]
+    .venv/bin/python experiments/caption_binding.py models/shapes_bundled [more models ...]
 
 For ``--num-samples`` held-out ShapesWorld scenes (world seed ``--seed``), each model gets the rgb
 pixels as its only input and the ground-truth caption as a teacher-forced target (the transfer
@@ -34,8 +34,8 @@ from fourm.data.shapes_world import COLOURS, SHAPE_SYNONYMS, SIZE_SYNONYMS, rend
 from fourm.masking.unified import TransferMasking, count_tokens  # noqa: E402
 from fourm.modalities import ModalityRegistry, pixels_to_float  # noqa: E402
 from fourm.models import FourM  # noqa: E402
-from fourm.vq.normalize import from_world  # noqa: E402
-from fourm.vq.vqvae import load_tokenizers  # noqa: E402
+from fourm.data.image_sources import stored_image  # noqa: E402
+from fourm.vq.loading import load_tokenizers  # noqa: E402
 
 
 def word_ids(text) -> dict[str, set[int]]:
@@ -110,7 +110,7 @@ def main() -> None:
     colours = list(COLOURS)
     kinds = word_ids(text)
     scenes = [render_scene(args.seed, i) for i in range(args.num_samples)]
-    pixels = pixels_to_float(torch.stack([from_world(s, "rgb") for s in scenes]))
+    pixels = pixels_to_float(torch.stack([stored_image(s, "rgb") for s in scenes]))
     captions = [text.encode(s["caption"]) for s in scenes]
     print(f"{args.num_samples} scenes of world seed {args.seed}; rgb pixels in, the caption teacher-forced; "
           f"chance for colour words 1/{len(colours)} = {1 / len(colours):.3f}")

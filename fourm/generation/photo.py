@@ -29,10 +29,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from fourm.atomic import atomic_write
+from fourm.compat.ml4m import add_reference_tables
 from fourm.compat.ml4m_tokenizer import IMAGENET_MEAN, IMAGENET_STD, load_reference_tokenizers
 from fourm.compat.ml4m_tokenizer_config import FEATURE_MODALITIES
 from fourm.generation.decode import font
-from fourm.generation.inputs import tokenizer_key
 from fourm.generation.sampler import Sampler
 from fourm.generation.target import Target
 from fourm.models import FourM
@@ -73,13 +73,17 @@ def load_photo(image: str | Path | np.ndarray | Image.Image, size: int | tuple[i
 
 
 def _find(model: FourM, key: str, kind: str) -> str | None:
-    return next((n for n, s in model.specs.items() if s.kind == kind and tokenizer_key(s) == key), None)
+    """The model's modality of ``kind`` for ``key``: a token modality by its tokenizer, a pixel
+    modality (which has none) by its name before any ``@size`` (the reference's ``rgb@224``)."""
+    def match(s) -> bool:
+        return s.tokenizer == key if kind != "pixels" else s.name.split("@")[0] == key
+    return next((n for n, s in model.specs.items() if s.kind == kind and match(s)), None)
 
 
 def default_targets(model: FourM, tokenizers: Mapping[str, Any]) -> list[Target]:
     """The model's depth and semseg token modalities that have a tokenizer, with ``RGB2X`` settings."""
     names = [n for n, s in model.specs.items() if s.kind == "image" and s.decoder
-             and tokenizer_key(s) in DEFAULT_TARGET_KEYS and tokenizer_key(s) in tokenizers]
+             and s.tokenizer in DEFAULT_TARGET_KEYS and s.tokenizer in tokenizers]
     if not names:
         raise ValueError(f"the model has no depth or semseg target with a tokenizer (tokenizers: "
                          f"{', '.join(tokenizers) or 'none'}); name targets with --target")
@@ -103,6 +107,8 @@ def restrict_vocab(model: FourM, sizes: Mapping[str, int]) -> FourM:
     state = {k: (v[: rows[k]].contiguous() if k in rows else v) for k, v in model.state_dict().items()}
     with torch.device("meta"):
         out = FourM(model.config.replace(modalities=tuple(specs)))
+        if any(hasattr(emb, "token_emb") for emb in model.decoder_embeddings.values()):
+            add_reference_tables(out)  # a reference checkpoint's unused image-target tables, cut like the rest
     out.load_state_dict_checked(state, assign=True)
     return out.eval()
 
@@ -115,10 +121,10 @@ def check_vocab(model: FourM, tokenizers: Mapping[str, Any], targets: Sequence[s
     does not know)."""
     cut = {}
     for n in dict.fromkeys([*targets, *inputs]):
-        spec, tok = model.specs[n], tokenizers.get(tokenizer_key(model.specs[n]))
+        spec, tok = model.specs[n], tokenizers.get(model.specs[n].tokenizer)
         if spec.kind != "image" or tok is None or spec.vocab_size == tok.codebook_size:
             continue
-        msg = (f"{n} has {spec.vocab_size} token ids but the {tokenizer_key(spec)} tokenizer has {tok.codebook_size} "
+        msg = (f"{n} has {spec.vocab_size} token ids but the {spec.tokenizer} tokenizer has {tok.codebook_size} "
                "codes (the released models and tokenizers match: is this the right tokenizer?)")
         if spec.vocab_size < tok.codebook_size:
             raise ValueError(msg)
@@ -180,7 +186,7 @@ def run_photo(model: FourM, tokenizers: Mapping[str, Any], photo: np.ndarray, ta
     """
     targets = list(targets) if targets else default_targets(model, tokenizers)
     names = [t.modality for t in targets]
-    missing = [n for n in names if n in model.specs and tokenizer_key(model.specs[n]) not in tokenizers]
+    missing = [n for n in names if n in model.specs and model.specs[n].tokenizer not in tokenizers]
     if missing:
         raise ValueError(f"no tokenizer to decode {missing} (tokenizers: {', '.join(tokenizers)})")
     inputs, seconds = photo_inputs(model, tokenizers, photo, rgb_input, imagenet_pixels)
@@ -193,7 +199,7 @@ def run_photo(model: FourM, tokenizers: Mapping[str, Any], photo: np.ndarray, ta
     shown = load_photo(photo, model.specs[pix].image_size) if pix else load_photo(photo, 224)
     out = PhotoResult(photo=shown, seconds=seconds)
     for name in names:
-        spec, tok = model.specs[name], tokenizers[tokenizer_key(model.specs[name])]
+        spec, tok = model.specs[name], tokenizers[model.specs[name].tokenizer]
         grid = result.tokens(name).reshape(-1, *spec.grid).cpu()  # (B, rows, cols)
         t0 = time.perf_counter()
         steps = decode_steps if tok.is_diffusion else None

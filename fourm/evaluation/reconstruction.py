@@ -1,4 +1,4 @@
-"""Reconstruction metrics of the image tokenizers on fresh ShapesWorld scenes.
+"""Reconstruction scores of the image tokenizers on fresh ShapesWorld scenes (``fourm tokenizer eval``).
 
 ``fourm tokenizer eval`` renders ``num_samples`` scenes of a seed that training never used,
 round-trips each modality through its tokenizer (``decode(encode(x))``) and scores the result
@@ -26,60 +26,22 @@ turns diamonds into blobs still scores well; the parser F1 is the bound those ta
 """
 from __future__ import annotations
 
+import math
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
-import numpy as np
 import torch
 from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
+from fourm.data.image_sources import stored_image
+from fourm.data.photos import check_photo_names, load_photo, photo_tiles, untile
 from fourm.data.shapes_world import SEMSEG_CLASSES, WorldConfig, render_scene
-from fourm.vq.normalize import from_world
+from fourm.evaluation.dense import confusion_matrix, depth_errors, miou, psnr
+from fourm.evaluation.objects import ParserScores, parse_images
 from fourm.vq.quantizers import CodeUsage
 
-MAX_PSNR = 100.0  # reported for an exact reconstruction (zero error)
-SHAPE_MATCH_IOU = 0.5  # box IoU of a parsed object and a scene object of its colour to compare shapes
 
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of uint8 images (B, C, H, W) (peak 255), capped at ``MAX_PSNR``.
-
-    Returns:
-        (B,) float64.
-    """
-    err = (pred.double() - target.double()).pow(2).flatten(1).mean(1)  # (B,)
-    out = 10.0 * torch.log10(255.0**2 / err.clamp_min(1e-12))
-    return out.clamp(max=MAX_PSNR)
-
-
-def depth_errors(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[float, float, int]:
-    """Sums over valid pixels of the absolute relative error and of the delta1 hits.
-
-    Args:
-        pred, target: (B, H, W) depth in metres.
-        valid: (B, H, W) bool, the pixels to score (non-sky).
-    Returns:
-        (sum of |pred - target| / target, number of pixels with max ratio < 1.25, number of valid pixels).
-    """
-    p, t = pred.double()[valid], target.double()[valid]
-    rel = ((p - t).abs() / t).sum().item()
-    ratio = torch.maximum(p / t, t / p)
-    return rel, int((ratio < 1.25).sum()), int(valid.sum())
-
-
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K, K) int64 counts, rows = ground-truth class, columns = predicted class."""
-    idx = target.long().flatten() * num_classes + pred.long().flatten()
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def miou(confusion: torch.Tensor) -> float:
-    """Mean IoU over the classes that occur in the ground truth or the prediction."""
-    c = confusion.double()
-    inter = c.diag()
-    union = c.sum(0) + c.sum(1) - inter
-    present = union > 0
-    return float((inter[present] / union[present]).mean()) if bool(present.any()) else float("nan")
+SCENE_IMAGES: tuple[str, ...] = ("rgb", "depth", "semseg")  # the image fields of a ShapesWorld scene
 
 
 def render_batch(seed: int, indices: range | list[int], image_size: int, objects: bool = False) -> dict[str, Any]:
@@ -94,75 +56,33 @@ def render_batch(seed: int, indices: range | list[int], image_size: int, objects
     """
     cfg = WorldConfig(image_size=image_size)
     samples = [render_scene(seed, i, cfg) for i in indices]
-    out: dict[str, Any] = {m: torch.stack([from_world(s, m) for s in samples]) for m in ("rgb", "depth", "semseg")}
+    out: dict[str, Any] = {m: torch.stack([stored_image(s, m) for s in samples]) for m in SCENE_IMAGES}
     if objects:
         out["objects"] = [s["objects"] for s in samples]
     return out
 
 
-def parse_images(rgb: torch.Tensor) -> list[list]:
-    """The analytic scene parser (``fourm.evaluation.scene_parser``) on each image.
-
-    Args:
-        rgb: uint8 (B, 3, H, W) images as stored.
-    Returns:
-        per image, its ``ParsedObject`` list.
-    """
-    from fourm.evaluation.scene_parser import parse_scene
-
-    hwc = rgb.detach().cpu().permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
-    return [parse_scene(np.ascontiguousarray(im)) for im in hwc]
-
-
-class ParserScores:
-    """Scene-parser scores of images against the scenes' objects, accumulated over batches.
-
-    ``f1`` / ``precision`` / ``recall``: (size, colour, shape) triples as multisets per scene (the
-    benchmark's ``triple_f1``). ``shape_accuracy``: among parsed objects matched one to one to a
-    scene object of the same colour with box IoU >= ``SHAPE_MATCH_IOU``, the share with the right
-    shape (objects that vanished count in ``recall``, not here).
-    """
-
-    def __init__(self) -> None:
-        self.tp = self.fp = self.fn = self.matched = self.shape_ok = 0
-
-    def update(self, parsed: Sequence[Sequence[Any]], objects: Sequence[Sequence[Mapping]]) -> None:
-        """Add scenes: per scene, the parsed objects and the ground-truth objects."""
-        from fourm.evaluation.metrics import match_objects
-        from fourm.evaluation.task_metrics import object_triples, triple_f1  # evaluation imports this module
-
-        if len(parsed) != len(objects):
-            raise ValueError(f"{len(parsed)} parsed scenes but {len(objects)} scenes of objects")
-        r = triple_f1([object_triples(p) for p in parsed], [object_triples(o) for o in objects])
-        self.tp, self.fp, self.fn = self.tp + r["tp"], self.fp + r["fp"], self.fn + r["fn"]
-        for pred, gt in zip(parsed, objects):
-            for i, j in match_objects(pred, gt, SHAPE_MATCH_IOU, keys=("colour",)):
-                self.matched += 1
-                self.shape_ok += int(pred[i].shape == gt[j]["shape"])
-
-    def result(self, suffix: str = "") -> dict[str, float]:
-        """``parser_f1``, ``parser_precision``, ``parser_recall``, ``shape_accuracy`` (names + suffix)."""
-        p = self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
-        r = self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
-        out = {"parser_f1": 2 * p * r / (p + r) if p + r else 0.0, "parser_precision": p, "parser_recall": r,
-               "shape_accuracy": self.shape_ok / self.matched if self.matched else float("nan")}
-        return {k + suffix: v for k, v in out.items()}
-
-
 class ReconstructionMetrics:
     """Accumulates the reconstruction metrics of one tokenizer over batches.
 
-    With ``parser`` (rgb only) each batch must carry ``objects`` (``render_batch(...,
-    objects=True)``) and may carry ``parsed`` (the originals already parsed, else they are parsed
-    here); the result adds :class:`ParserScores` of the reconstructions and, as ``*_original``, of
-    the original images.
+    Args:
+        field: the batch's field the tokenizer reconstructs (its modality).
+        codebook_size: its number of codes.
+        num_classes: classes of a semseg tokenizer.
+        parser: rgb only: also score the scene parser on the reconstructions; each batch must
+            then carry ``objects`` (``render_batch(..., objects=True)``) and may carry ``parsed``
+            (the originals already parsed, else they are parsed here); the result adds
+            :class:`ParserScores` of the reconstructions and, as ``*_original``, of the originals.
+        kind: how the field is stored (``rgb``, ``depth``, ``semseg``; default: ``field``); it
+            picks the scores. A depth-kind map is scored on the non-sky pixels when the batch
+            carries ``semseg``, on all pixels otherwise.
     """
 
-    def __init__(self, modality: str, codebook_size: int, num_classes: int = len(SEMSEG_CLASSES),
-                 parser: bool = False) -> None:
-        if parser and modality != "rgb":
-            raise ValueError(f"parser=True scores rgb images; the {modality} tokenizer has none")
-        self.modality = modality
+    def __init__(self, field: str, codebook_size: int, num_classes: int = len(SEMSEG_CLASSES),
+                 parser: bool = False, kind: str | None = None) -> None:
+        self.field, self.kind = field, kind or field
+        if parser and self.kind != "rgb":
+            raise ValueError(f"parser=True scores rgb images; the {field} tokenizer has none")
         self.num_classes = num_classes
         self.parser = parser
         self.parsed_recon, self.parsed_original = ParserScores(), ParserScores()
@@ -176,29 +96,30 @@ class ReconstructionMetrics:
         self.usage.update(tokens)
         recon = recon.cpu()
         self.images += recon.shape[0]
-        if self.modality == "rgb":
-            self.psnr_sum += float(psnr(recon, batch["rgb"]).sum())
+        target = batch[self.field]
+        if self.kind == "rgb":
+            self.psnr_sum += float(psnr(recon, target).sum())
             if self.parser:
                 if "objects" not in batch:
                     raise ValueError("parser scores need the scenes' objects: render the batch with objects=True")
-                original = batch["parsed"] if "parsed" in batch else parse_images(batch["rgb"])
+                original = batch["parsed"] if "parsed" in batch else parse_images(target)
                 self.parsed_recon.update(parse_images(recon), batch["objects"])
                 self.parsed_original.update(original, batch["objects"])
-        elif self.modality == "depth":
-            valid = batch["semseg"] != 0  # sky is class 0
-            rel, hits, n = depth_errors(recon, batch["depth"], valid)
+        elif self.kind == "depth":
+            valid = batch["semseg"] != 0 if "semseg" in batch else torch.ones_like(target, dtype=torch.bool)  # sky: 0
+            rel, hits, n = depth_errors(recon, target, valid)
             self.rel_sum, self.delta1_hits, self.pixels = self.rel_sum + rel, self.delta1_hits + hits, self.pixels + n
         else:
-            self.confusion += confusion_matrix(recon, batch["semseg"], self.num_classes)
+            self.confusion += confusion_matrix(recon, target, self.num_classes)
 
     def result(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        if self.modality == "rgb":
+        if self.kind == "rgb":
             out["psnr"] = self.psnr_sum / max(self.images, 1)
             if self.parser:
                 out.update(self.parsed_recon.result())
                 out.update(self.parsed_original.result("_original"))
-        elif self.modality == "depth":
+        elif self.kind == "depth":
             out["abs_rel"] = self.rel_sum / max(self.pixels, 1)
             out["delta1"] = self.delta1_hits / max(self.pixels, 1)
         else:
@@ -241,7 +162,9 @@ def evaluate_tokenizers(
     """Round-trip ``num_samples`` scenes of world ``seed`` through each image tokenizer.
 
     Args:
-        tokenizers: {"rgb": ImageTokenizer, ...}; entries that are not image tokenizers (text) are skipped.
+        tokenizers: {"rgb": ImageTokenizer, ...}; entries that are not image tokenizers (text) are
+            skipped, and so are image tokenizers of fields a scene does not have (listed under
+            ``"skipped"``).
         seed: world seed of the held-out scenes (use one that training never saw).
         num_samples: number of scenes.
         image_size: scene size in pixels (default: the tokenizers' training size, which must agree).
@@ -254,13 +177,15 @@ def evaluate_tokenizers(
         decode_seed: seed of the diffusion decoders' starting noise.
     Returns:
         {"seed", "num_samples", "image_size", "wall_s", "decoders": {modality: decode_settings},
-        "<modality>": {metric: value}}.
+        "<modality>": {metric: value}, "skipped": [modality, ...]}.
     """
     from fourm.vq.vqvae import ImageTokenizer
 
-    image_toks = {m: t for m, t in tokenizers.items() if isinstance(t, ImageTokenizer)}
+    every = {m: t for m, t in tokenizers.items() if isinstance(t, ImageTokenizer)}
+    image_toks = {m: t for m, t in every.items() if m in SCENE_IMAGES}
     if not image_toks:
-        raise ValueError(f"no image tokenizer among {sorted(tokenizers)}")
+        raise ValueError(f"no image tokenizer of a ShapesWorld scene field ({', '.join(SCENE_IMAGES)}) among "
+                         f"{sorted(tokenizers)}")
     sizes = {t.config.image_size for t in image_toks.values()}
     if image_size is None:
         if len(sizes) > 1:
@@ -274,7 +199,7 @@ def evaluate_tokenizers(
                          f"{', '.join(image_toks)} all have conv decoders (leave it unset)")
     decoders = {m: decoder_for(t, settings[m]) for m, t in image_toks.items()}
     start = time.perf_counter()
-    metrics = {m: ReconstructionMetrics(m, t.codebook_size, parser=parser and m == "rgb")
+    metrics = {m: ReconstructionMetrics(m, t.codebook_size, parser=parser and t.kind == "rgb", kind=t.kind)
                for m, t in image_toks.items()}
     bar = tqdm(total=num_samples, desc="tokenizer eval", unit="scene", disable=not progress)
     for lo in range(0, num_samples, batch_size):
@@ -287,6 +212,7 @@ def evaluate_tokenizers(
     bar.close()
     out: dict = {"seed": seed, "num_samples": num_samples, "image_size": image_size, "decoders": settings}
     out.update({m: r.result() for m, r in metrics.items()})
+    out["skipped"] = sorted(set(every) - set(image_toks))
     out["wall_s"] = time.perf_counter() - start
     return out
 
@@ -307,3 +233,49 @@ def format_results(results: Mapping) -> str:
                 lines.append(f"  {'':<7} scene parser on the original images (its ceiling): "
                              + "  ".join(f"{k} {v:.4f}" for k, v in ref.items()))
     return "\n".join(lines)
+
+
+# --- photographs ----------------------------------------------------------------------------------
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of a mean squared error on the 0..255 scale (100 dB for an exact match)."""
+    return 100.0 if mse <= 0 else min(10.0 * math.log10(255.0**2 / mse), 100.0)
+
+
+@torch.no_grad()
+def round_trip_photo(tokenizer: torch.nn.Module, photo: torch.Tensor,
+                     batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """A photo's tiles through ``decode(encode(.))`` at the tokenizer's training size, reassembled.
+
+    Args:
+        tokenizer: an rgb ``ImageTokenizer`` (encode / decode uint8 images, ``config.image_size``).
+        photo: uint8 (3, H, W).
+        batch_size: tiles per forward.
+    Returns:
+        (the photo centre-cropped to whole tiles, its reconstruction), both uint8 (3, H', W') on the CPU.
+    """
+    tile = tokenizer.config.image_size
+    device = next(tokenizer.parameters()).device
+    tokenizer.eval()
+    tiles = photo_tiles(photo, tile)  # (N, 3, t, t)
+    recon = torch.cat([tokenizer.decode(tokenizer.encode(tiles[lo:lo + batch_size].to(device))).cpu()
+                       for lo in range(0, tiles.shape[0], batch_size)])
+    rows, cols = photo.shape[1] // tile, photo.shape[2] // tile
+    return untile(tiles, rows, cols), untile(recon, rows, cols)
+
+
+def photo_psnr(tokenizer: torch.nn.Module, names: Iterable[str], batch_size: int = 64) -> dict[str, float]:
+    """PSNR of each photo round-tripped tile by tile through an rgb tokenizer (``round_trip_photo``).
+
+    Args:
+        tokenizer: an rgb ``ImageTokenizer``.
+        names: catalogued photos (normally the held-out ones).
+        batch_size: tiles per forward.
+    Returns:
+        {name: PSNR in dB from the mean squared error over all the photo's tiles}.
+    """
+    out = {}
+    for name in check_photo_names(names, "photos"):
+        target, recon = round_trip_photo(tokenizer, load_photo(name), batch_size)
+        out[name] = psnr_from_mse(float((recon.double() - target.double()).pow(2).mean()))
+    return out

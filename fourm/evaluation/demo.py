@@ -27,7 +27,8 @@ from fourm.atomic import atomic_write_text
 from fourm.data import shapes_world as sw
 from fourm.data.commands import write_shapes
 from fourm.data.contact_sheet import render_contact_sheet
-from fourm.data.shards import ShardDataset, list_shards
+from fourm.data.shard_reader import ShardDataset
+from fourm.data.shards import list_shards
 from fourm.evaluation.commands import DEFAULT_MODEL, DEFAULT_TOKENIZERS, resolve_path
 
 DEMO_SEED = 1000  # held-out world: the bundled model trained on seed 0 and validated on seed 1
@@ -74,7 +75,7 @@ def model_part(out: Path, model_dir: Path, tok_dir: Path, num_samples: int, grid
     """Any-to-any generation and the benchmark table on held-out scenes."""
     from fourm.evaluation.benchmark import run_benchmark
     from fourm.generation.commands import load_model
-    from fourm.vq.vqvae import load_tokenizers
+    from fourm.vq.loading import load_tokenizers
 
     t0 = time.perf_counter()
     model = load_model(model_dir, "cpu")

@@ -1,0 +1,66 @@
+"""``load_tokenizers``: every tokenizer of a folder, by name.
+
+    toks = load_tokenizers("tokenizers/shapes64")    # {"depth": ImageTokenizer, "rgb": ..., "semseg": ..., "text": TextTokenizer}
+    toks[spec.tokenizer].encode(...)                  # a modality finds its tokenizer by ModalitySpec.tokenizer
+
+A tokenizer set is a folder with one subfolder per tokenizer, named after it: an image tokenizer
+(``ImageTokenizer.save_pretrained``; the folder name is its ``modality``, which is also the raw
+field it reads) or a text tokenizer (``TextTokenizer.save_pretrained``; ``text`` serves caption
+and det). A new modality brings its own subfolder (``normal/``); nothing here lists names.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fourm.vq.text import TOKENIZER_TYPE, TextTokenizer
+from fourm.vq.vqvae import CONFIG_NAME, ImageTokenizer
+
+
+def tokenizer_type(folder: str | os.PathLike) -> str | None:
+    """``"image"``, ``"text"`` or None (not a tokenizer folder), from the folder's ``config.json``."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("class") == ImageTokenizer.__name__:
+        return "image"
+    if meta.get("tokenizer_type") == TOKENIZER_TYPE:
+        return "text"
+    raise ValueError(f"{path} is neither an image tokenizer ({ImageTokenizer.__name__}.save_pretrained) nor a text "
+                     f"tokenizer (tokenizer_type {TOKENIZER_TYPE!r})")
+
+
+def load_tokenizers(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load every tokenizer in ``directory``, one per subfolder with a ``config.json``.
+
+    Args:
+        directory: the tokenizer set.
+        map_location: device of the image tokenizers.
+    Returns:
+        ``{folder name: ImageTokenizer | TextTokenizer}``, sorted by name.
+    Raises:
+        FileNotFoundError: ``directory`` is missing or holds no tokenizer.
+        ValueError: an image tokenizer sits in a folder not named after its modality.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"tokenizer folder {root} does not exist")
+    out: dict[str, Any] = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        kind = tokenizer_type(sub)
+        if kind == "image":
+            tok = ImageTokenizer.from_pretrained(sub, map_location=map_location)
+            if tok.modality != sub.name:
+                raise ValueError(f"{sub} holds a {tok.modality!r} tokenizer; move it to {root / tok.modality}")
+            out[sub.name] = tok
+        elif kind == "text":
+            out[sub.name] = TextTokenizer.from_pretrained(sub)
+    if not out:
+        raise FileNotFoundError(f"no tokenizer found in {root}; expected subfolders with a config.json written by "
+                                "ImageTokenizer.save_pretrained (rgb/, depth/, ...) or TextTokenizer.save_pretrained (text/)")
+    return out
