@@ -3,6 +3,7 @@ evaluation and pre-tokenisation of shards. All on the tiny configs (configs/toke
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -292,12 +293,17 @@ def test_eval_metrics_and_cli(tmp_path):
         tiny_tokenizer(m).save_pretrained(tmp_path / "toks" / m)
     out = tmp_path / "eval.json"
     assert cli(["tokenizer", "eval", "--tokenizers", str(tmp_path / "toks"), "--seed", "5",
-                "--num-samples", "5", "--batch-size", "2", "--json", str(out)]) == 0
+                "--num-samples", "5", "--batch-size", "2", "--predictability-samples", "6", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["num_samples"] == 5 and res["seed"] == 5 and res["image_size"] == 32
     assert 0 < res["rgb"]["psnr"] < 100 and res["depth"]["abs_rel"] >= 0 and 0 <= res["semseg"]["miou"] <= 1
     for m in MODALITIES:
         assert 0 < res[m]["codes_used"] <= 1
+        stats = res["predictability"][m]
+        assert set(stats) == {"all", "object", "background"}
+        assert stats["all"]["tokens"] == 5 * 16 == stats["object"]["tokens"] + stats["background"]["tokens"]
+        for group in stats.values():  # held-out cross-entropies: positive, at most a little over log K
+            assert 0 < group["h_code_given_position"] < 2 * math.log(tiny_tokenizer(m).codebook_size)
 
 
 def test_eval_metrics_are_perfect_for_an_identity_round_trip():

@@ -79,6 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--decode-steps", type=int, default=None,
                     help="DDIM steps of diffusion decoders (default: each tokenizer's num_inference_steps)")
     ev.add_argument("--decode-seed", type=int, default=0, help="seed of diffusion decoders' noise (default 0)")
+    ev.add_argument("--predictability-samples", type=int, default=1500,
+                    help="scenes (after the scored ones, same seed) whose codes are counted for the token "
+                         "predictability table: H(code), H(code | grid position), H(code | left neighbour) per "
+                         "tokenizer, for all, object and background tokens (default 1500; 0 skips it)")
     ev.set_defaults(func=cmd_tokenizer_eval)
 
 
@@ -136,7 +140,8 @@ def cmd_tokenizer_eval(args: argparse.Namespace) -> int:
     results = evaluate_tokenizers(toks, seed=args.seed, num_samples=args.num_samples,
                                   image_size=args.image_size, batch_size=args.batch_size,
                                   parser=not args.no_parser, decode_steps=args.decode_steps,
-                                  decode_seed=args.decode_seed)
+                                  decode_seed=args.decode_seed,
+                                  predictability_samples=args.predictability_samples)
     results["tokenizers"] = str(args.tokenizers)
     print(format_results(results))
     if args.json:

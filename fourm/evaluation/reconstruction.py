@@ -158,6 +158,7 @@ def evaluate_tokenizers(
     parser: bool = True,
     decode_steps: int | None = None,
     decode_seed: int = 0,
+    predictability_samples: int = 0,
 ) -> dict:
     """Round-trip ``num_samples`` scenes of world ``seed`` through each image tokenizer.
 
@@ -175,10 +176,16 @@ def evaluate_tokenizers(
         decode_steps: DDIM steps of the diffusion decoders (default: each one's configured
             ``num_inference_steps``); refused when no tokenizer has a diffusion decoder.
         decode_seed: seed of the diffusion decoders' starting noise.
+        predictability_samples: other scenes of the same seed (the ones after the scored scenes)
+            whose codes are counted for the token-predictability statistics
+            (``fourm.evaluation.token_stats``), which score the evaluated scenes' codes; 0
+            (default) skips them (``fourm tokenizer eval`` counts 1500).
     Returns:
         {"seed", "num_samples", "image_size", "wall_s", "decoders": {modality: decode_settings},
-        "<modality>": {metric: value}, "skipped": [modality, ...]}.
+        "<modality>": {metric: value}, "skipped": [modality, ...], "predictability": {modality:
+        {"all" | "object" | "background": statistics}} (when ``predictability_samples`` > 0)}.
     """
+    from fourm.evaluation.token_stats import object_token_mask, token_predictability
     from fourm.vq.vqvae import ImageTokenizer
 
     every = {m: t for m, t in tokenizers.items() if isinstance(t, ImageTokenizer)}
@@ -193,6 +200,8 @@ def evaluate_tokenizers(
         image_size = sizes.pop()
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples}: must be >= 1")
+    if predictability_samples < 0:
+        raise ValueError(f"predictability_samples={predictability_samples}: must be >= 0 (0 skips the statistics)")
     settings = {m: decode_settings(t, decode_steps, decode_seed) for m, t in image_toks.items()}
     if decode_steps is not None and all(s["kind"] == "conv" for s in settings.values()):
         raise ValueError(f"decode_steps={decode_steps} applies to diffusion decoders; the tokenizers "
@@ -201,17 +210,37 @@ def evaluate_tokenizers(
     start = time.perf_counter()
     metrics = {m: ReconstructionMetrics(m, t.codebook_size, parser=parser and t.kind == "rgb", kind=t.kind)
                for m, t in image_toks.items()}
-    bar = tqdm(total=num_samples, desc="tokenizer eval", unit="scene", disable=not progress)
+    codes: dict[str, dict[str, list[torch.Tensor]]] = {"eval": {m: [] for m in image_toks}, "fit": {m: [] for m in image_toks}}
+    semseg: dict[str, list[torch.Tensor]] = {"eval": [], "fit": []}
+    bar = tqdm(total=num_samples + predictability_samples, desc="tokenizer eval", unit="scene", disable=not progress)
     for lo in range(0, num_samples, batch_size):
         idx = range(lo, min(lo + batch_size, num_samples))
         batch = render_batch(seed, idx, image_size, objects=parser and "rgb" in image_toks)
         for m, tok in image_toks.items():
             tokens = tok.encode(batch[m])
             metrics[m].update(tokens, decoders[m](tokens), batch)
+            codes["eval"][m].append(tokens.cpu())
+        semseg["eval"].append(batch["semseg"])
         bar.update(len(idx))
+    end = num_samples + predictability_samples
+    for lo in range(num_samples, end, batch_size):  # other scenes, whose codes are only counted
+        batch = render_batch(seed, range(lo, min(lo + batch_size, end)), image_size)
+        for m, tok in image_toks.items():
+            codes["fit"][m].append(tok.encode(batch[m]).cpu())
+        semseg["fit"].append(batch["semseg"])
+        bar.update(min(batch_size, end - lo))
     bar.close()
     out: dict = {"seed": seed, "num_samples": num_samples, "image_size": image_size, "decoders": settings}
     out.update({m: r.result() for m, r in metrics.items()})
+    if predictability_samples:
+        out["predictability"] = {}
+        for m, tok in image_toks.items():
+            fit, ev = torch.cat(codes["fit"][m]), torch.cat(codes["eval"][m])
+            groups = {}
+            for part, t in (("fit", fit), ("eval", ev)):
+                obj = object_token_mask(torch.cat(semseg[part]), tuple(t.shape[1:]))
+                groups[part] = {"object": obj, "background": ~obj}
+            out["predictability"][m] = token_predictability(fit, ev, tok.codebook_size, groups["fit"], groups["eval"])
     out["skipped"] = sorted(set(every) - set(image_toks))
     out["wall_s"] = time.perf_counter() - start
     return out
@@ -232,6 +261,11 @@ def format_results(results: Mapping) -> str:
             if ref:
                 lines.append(f"  {'':<7} scene parser on the original images (its ceiling): "
                              + "  ".join(f"{k} {v:.4f}" for k, v in ref.items()))
+    if "predictability" in results:
+        from fourm.evaluation.token_stats import format_predictability
+
+        lines.append("token predictability (counted on other scenes of the same seed, scored on these):")
+        lines.append(format_predictability(results["predictability"]))
     return "\n".join(lines)
 
 
