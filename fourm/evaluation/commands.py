@@ -83,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _fail(msg: str) -> int:
-    print(f"fourm eval: error: {msg}", file=sys.stderr)
+    print(f"error: {msg}", file=sys.stderr)
     return 2
 
 
@@ -96,6 +96,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fourm.generation.commands import load_model
     from fourm.vq.loading import load_tokenizers
 
+    for name in ("num_samples", "batch_size", "image_steps"):
+        if getattr(args, name) < 1:
+            return _fail(f"--{name.replace('_', '-')} {getattr(args, name)}: must be an integer >= 1")
     try:
         tasks = parse_tasks(args.tasks)
         if args.grid is not None and args.grid.suffix.lower() != ".png":
@@ -132,11 +135,17 @@ def cmd_tokenizer_eval(args: argparse.Namespace) -> int:
     from fourm.evaluation.reconstruction import evaluate_tokenizers, format_results
     from fourm.vq.loading import load_tokenizers
 
+    for name in ("num_samples", "batch_size"):
+        if getattr(args, name) < 1:
+            return _fail(f"--{name.replace('_', '-')} {getattr(args, name)}: must be an integer >= 1")
     toks = load_tokenizers(args.tokenizers, map_location=args.device)
-    results = evaluate_tokenizers(toks, seed=args.seed, num_samples=args.num_samples,
-                                  image_size=args.image_size, batch_size=args.batch_size,
-                                  parser=not args.no_parser, decode_steps=args.decode_steps,
-                                  decode_seed=args.decode_seed)
+    try:
+        results = evaluate_tokenizers(toks, seed=args.seed, num_samples=args.num_samples,
+                                      image_size=args.image_size, batch_size=args.batch_size,
+                                      parser=not args.no_parser, decode_steps=args.decode_steps,
+                                      decode_seed=args.decode_seed)
+    except ValueError as e:  # a scene size or decoder setting the tokenizers do not take
+        return _fail(f"fourm tokenizer eval --tokenizers {args.tokenizers}: {e}")
     results["tokenizers"] = str(args.tokenizers)
     print(format_results(results))
     if args.json:
