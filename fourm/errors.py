@@ -39,8 +39,11 @@ _NAMES.update({FourmError.__name__, f"{FourmError.__module__}.{FourmError.__qual
 class UsageError(FourmError, ValueError):
     """A command-line option or input that is not allowed (the message names it)."""
 
-# Mistakes about files and folders that the standard library names well enough.
-FILE_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+# Mistakes about files and folders that the standard library names well enough (the message holds
+# the path): a missing input, an output that is a file, a folder the user may not write.
+FILE_ERRORS: tuple[type[Exception], ...] = (
+    FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def user_error_message(error: BaseException) -> str | None:

@@ -53,6 +53,8 @@ CASES: dict[str, Case] = {
     "train: unknown key": Case(lambda f: fm(f, "optim.lrr=1"), ("optim", "'lrr'")),
     "train: value of the wrong type": Case(lambda f: fm(f, "steps=abc"), ("steps", "'abc'")),
     "train: override without =": Case(lambda f: fm(f, "steps"), ("override 'steps'",)),
+    "train: image size of the tokenizer set": Case(lambda f: fm(f, "modalities.image_size=60"),
+                                                   ("modalities.image_size", "got 60", "tok_rgb: {kind: image")),
     "train: no input tokens": Case(lambda f: fm(f, "masking.num_input_tokens=0"), ("masking.num_input_tokens=0",)),
     "train: grid of no shard": Case(lambda f: fm(f, "modalities.tok_rgb.grid=[3,3]", "data_check.window=2"),
                                     ("no valid sample", "data_check.window=2", "tok_rgb"), logs=True),
@@ -214,3 +216,16 @@ def test_the_installed_entry_point_prints_one_line(inputs):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
     assert "broken.yaml: not valid YAML" in proc.stderr
+
+
+def test_a_folder_the_user_may_not_write_is_a_named_error(tmp_path, capsys, monkeypatch):
+    denied, real_mkdir = tmp_path / "denied", Path.mkdir
+
+    def mkdir(self, *args, **kwargs):  # what a read-only folder answers a user who is not root
+        if self == denied or denied in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    rc, err = run_cli(["data", "shapes", "--out", str(denied / "s"), "--num-samples", "2"], capsys)
+    assert rc == 2 and err.strip().splitlines() == [f"error: [Errno 13] Permission denied: '{denied / 's'}'"]
