@@ -3,6 +3,7 @@ unpickled file; round trips of optimizer and RNG state; checkpoints of an older 
 name; every file hashed, a corrupt newest checkpoint skipped by --resume auto."""
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import random
@@ -198,11 +199,24 @@ def _flip(f: Path) -> None:
     f.write_bytes(bytes(data))
 
 
+def _unhash(folder: Path) -> None:
+    meta = json.loads((folder / ckpt.META_NAME).read_text())
+    (folder / ckpt.META_NAME).write_text(json.dumps({k: v for k, v in meta.items() if k != "files"}))
+
+
 DAMAGE = {
     "truncated model": ("model/model.safetensors", _truncate, "model/model.safetensors has .* bytes"),
     "bit-flipped model": ("model/model.safetensors", _flip, "model/model.safetensors does not match its sha256"),
     "truncated optimizer": (ckpt.OPTIMIZER_TENSORS, _truncate, "optimizer.safetensors has .* truncated"),
+    "truncated state": (ckpt.STATE_NAME, _truncate, "trainer_state.json has .* truncated"),
     "empty state": (ckpt.STATE_NAME, lambda f: f.write_bytes(b""), "trainer_state.json has 0 bytes"),
+    # a checkpoint written before the hashes is read in full instead
+    "truncated state, no hashes": (ckpt.STATE_NAME, lambda f: (_unhash(f.parent), _truncate(f)),
+                                   "trainer_state.json is not valid JSON"),
+    "empty state, no hashes": (ckpt.STATE_NAME, lambda f: (_unhash(f.parent), f.write_bytes(b"")),
+                               "trainer_state.json is empty"),
+    "truncated optimizer, no hashes": (ckpt.OPTIMIZER_TENSORS, lambda f: (_unhash(f.parent), _truncate(f)),
+                                       "optimizer.safetensors is not a readable safetensors file"),
     "broken meta": (ckpt.META_NAME, lambda f: f.write_text('{"format": "fourm.tr'), "meta.json is not valid JSON"),
     "missing meta": (ckpt.META_NAME, lambda f: f.unlink(), "incomplete \\(no meta.json"),
 }
@@ -235,3 +249,83 @@ def test_an_explicit_corrupt_checkpoint_is_a_named_error(tmp_path, fourm_run):
                                                    "sha256.*--resume auto"):
         Trainer(FourMTask(fourm_cfg(run, fourm_run / "tok")), resume=str(newest))
     assert ckpt.verify_checkpoint(run / "checkpoints" / ckpt.checkpoint_name(2))["step"] == 2
+
+
+def test_the_tokenizer_trainer_falls_back_the_same_way_and_cleans_up(tmp_path, tokenizer_run, capsys, caplog):
+    from fourm.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tokenizer_run, run)  # a checkpoint at step 2
+    args = ["tokenizer", "train", str(REPO / "configs" / "tokenizers" / "rgb_tiny.yaml"), f"out_dir={run}", "steps=4",
+            "checkpoint.every=2", "val=null", "logging.progress=false"]
+    assert main([*args, "--resume", "auto", "--until-step", "4"]) == 0
+    root = run / "checkpoints"
+    newest, incomplete = root / ckpt.checkpoint_name(4), root / ckpt.checkpoint_name(3)
+    weights = newest / "model" / "model.safetensors"
+    written = weights.stat().st_size
+    _truncate(weights)
+    shutil.copytree(newest, incomplete, ignore=shutil.ignore_patterns(ckpt.META_NAME))  # a save that never finished
+    (root / ".step-00000003.123.abcd.tmp").mkdir()  # the temporary folder of a killed save
+    capsys.readouterr()
+    assert main([*args, "--resume", str(newest)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --resume '{newest}': corrupt (model/model.safetensors has {written // 2} bytes, {written} "
+                   "were written: truncated); resume from another checkpoint or with --resume auto, which takes the "
+                   "newest intact one"]
+    with caplog.at_level(logging.WARNING, logger="fourm.training.checkpoint"):
+        assert main([*args, "--resume", "auto", "--until-step", "3"]) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--resume auto: skipping checkpoint {newest}: corrupt (model/model.safetensors has {written // 2} bytes, "
+        f"{written} were written: truncated)",
+        f"--resume auto: skipping checkpoint {incomplete}: incomplete (no meta.json: the save did not finish)",
+        f"--resume auto: resuming from {root / ckpt.checkpoint_name(2)}"]
+    assert "Traceback" not in capsys.readouterr().err
+    # the save at step 3 replaced the unfinished step-3 folder and removed the corrupt step 4 and the leftover
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000003"]
+    assert ckpt.verify_checkpoint(root / ckpt.checkpoint_name(3))["step"] == 3
+
+
+# ---- no load path can unpickle ------------------------------------------------------------------
+
+UNPICKLERS = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
+
+
+def unsafe_loads(source: str) -> list[str]:
+    """What in ``source`` could unpickle: a ``torch.load`` without ``weights_only=True``, an import of
+    an unpickling module (or of torch's ``load``), ``allow_pickle=True``, ``yaml.load``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [f"import {a.name}" for a in node.names if a.name.split(".")[0] in UNPICKLERS]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.split(".")[0] in UNPICKLERS or (
+                    node.module.split(".")[0] == "torch" and any(a.name == "load" for a in node.names)):
+                found.append(f"from {node.module} import ...")
+        elif isinstance(node, ast.Call):
+            func, kw = ast.unparse(node.func), {k.arg: k.value for k in node.keywords}
+            safe = isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True
+            if func.split(".")[-2:] == ["torch", "load"] and not safe:
+                found.append(ast.unparse(node))
+            elif func in ("yaml.load", "yaml.unsafe_load", "yaml.full_load"):
+                found.append(ast.unparse(node))
+            elif isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value is not False:
+                found.append(ast.unparse(node))
+    return found
+
+
+def test_the_checker_finds_every_unpickling_load():
+    bad = ["import torch\ntorch.load(p)", "import torch\ntorch.load(p, weights_only=False)", "import pickle",
+           "from pickle import loads", "import dill as d", "from torch import load", "np.load(f, allow_pickle=True)",
+           "yaml.load(text)", "torch.load(p, weights_only=flag)"]
+    assert [len(unsafe_loads(s)) for s in bad] == [1] * len(bad)
+    good = "torch.load(p, weights_only=True)\nnp.load(f)\nyaml.safe_load(t)\njson.load(f)\nload_file(p)"
+    assert unsafe_loads(good) == []
+
+
+def test_no_load_path_in_fourm_can_unpickle():
+    files = sorted(p for p in (REPO / "fourm").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    found = {str(p.relative_to(REPO)): unsafe_loads(p.read_text()) for p in files if p.suffix == ".py"}
+    assert not {k: v for k, v in found.items() if v}
+    # and the issue's own check: grep -rn "weights_only=False\|pickle" fourm/ prints nothing
+    text = {str(p.relative_to(REPO)): p.read_bytes().decode(errors="replace") for p in files}
+    assert [k for k, t in text.items() if re.search(r"weights_only=False|pickle", t)] == []
