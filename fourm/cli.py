@@ -5,14 +5,28 @@ function; this file only lists those modules, so the entry point stays small and
 options live next to the code they drive. A group of subcommands that several modules fill
 (``fourm tokenizer train`` is the trainer's, ``fourm tokenizer eval`` the evaluation's) comes from
 :func:`command_group`.
+
+Every mistake a user can fix (a :class:`fourm.errors.FourmError`, a missing file, a bad option)
+ends the command with one line ``error: ...`` on stderr and exit status 2, without a traceback;
+``FOURM_DEBUG=1`` prints the traceback too (:func:`run_command`).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import traceback
+from typing import Callable
 
-from fourm.config import ConfigError
+from fourm.errors import debug_enabled, user_error_message
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse`` with one-line errors: ``error: PROG: message (see PROG --help)``, exit status 2
+    (subcommand parsers inherit the class)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 # Modules that add subcommands, in the order they appear in ``fourm --help``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -36,7 +50,7 @@ def command_group(subparsers: argparse._SubParsersAction, name: str, help: str) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fourm", description="Any-to-any multimodal masked modeling.")
+    parser = Parser(prog="fourm", description="Any-to-any multimodal masked modeling.")
     parser.add_argument("--version", action="version", version=f"fourm {importlib.import_module('fourm').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -45,19 +59,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a subcommand; a user's mistake becomes one line ``error: ...`` and exit status 2.
+
+    Anything that is not a user's mistake (:func:`fourm.errors.user_error_message` returns None)
+    is a bug and propagates with its traceback.
+    """
     try:
-        rc = args.func(args)
+        return int(func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, FileExistsError, FileNotFoundError) as e:
-        # User-facing mistakes (a bad config key, an existing run, a missing file): one line, no traceback.
-        print(f"fourm {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        message = user_error_message(e)
+        if message is None:
+            raise
+        if debug_enabled():
+            traceback.print_exc()
+        print(f"error: {message}", file=sys.stderr)
         return 2
-    return int(rc or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

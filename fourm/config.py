@@ -25,11 +25,12 @@ from typing import Any, TypeVar, Union
 import yaml
 
 from fourm.atomic import atomic_write_text
+from fourm.errors import FourmError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(FourmError, ValueError):
     """A config value or key that is not allowed; the message names the dotted field path."""
 
 
@@ -38,8 +39,13 @@ def load_yaml(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    with p.open() as f:
-        data = yaml.safe_load(f)
+    try:
+        with p.open() as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(e)}; fix the file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start}); give a YAML config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -66,8 +72,19 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             if not isinstance(nxt, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a mapping")
             node = nxt
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value {raw!r} is not valid YAML ({_yaml_problem(e)}); "
+                              "quote it or close its brackets, e.g. optim.betas=[0.9,0.95]") from None
     return out
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (line and column, 1-based)."""
+    problem = getattr(error, "problem", None) or str(error).split("\n")[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def from_dict(cls: type[T], data: Any, path: str = "") -> T:

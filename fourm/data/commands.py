@@ -23,7 +23,9 @@ from tqdm import tqdm
 import fourm
 from fourm.data import shapes_world as sw
 from fourm.data.pretokenize import TEXT_FIELDS
+from fourm.data.shard_metadata import RECORDS_KEY, describe_shards
 from fourm.data.shards import ShardWriter, encode_sample, list_shards, write_metadata, write_shard
+from fourm.locking import FolderLock
 
 METADATA_NAME = "metadata.json"
 SHARD_PREFIX = "shard"
@@ -68,6 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tz.add_argument("--keep", default="",
                     help="comma-separated raw fields copied into the token shards, e.g. rgb for a model with rgb "
                          "pixel input (default: none)")
+    tz.add_argument("--strict", action="store_true",
+                    help="stop at the first sample that cannot be tokenised (default: skip and count it)")
     tz.add_argument("--batch-size", type=int, default=64)
     tz.add_argument("--device", default="cpu")
     tz.add_argument("--no-progress", action="store_true")
@@ -99,27 +103,45 @@ def _write_one_shard_star(args: tuple) -> tuple[str, int]:
 
 
 def write_shapes(out: str | Path, num_samples: int, seed: int = 0, config: sw.WorldConfig | None = None,
-                 shard_size: int = 1000, workers: int = 1, progress: bool = True) -> dict:
+                 shard_size: int = 1000, workers: int = 1, progress: bool = True, overwrite: bool = False) -> dict:
     """Write a ShapesWorld split as shards plus metadata; the library side of ``fourm data shapes``.
 
     Args:
-        out: output folder (created if missing).
+        out: output folder (created if missing; locked while writing, see :class:`fourm.locking.FolderLock`).
         num_samples: samples ``0 .. num_samples - 1`` of world ``seed``.
         seed: world seed.
         config: world knobs (image size ...); default ``WorldConfig()``.
         shard_size: samples per shard.
         workers: processes; each renders and writes whole shards (spawned, so safe everywhere).
         progress: show a tqdm bar.
+        overwrite: replace the shards and metadata of a data set already in ``out``.
 
     Returns:
-        The metadata dict written to ``out/metadata.json``.
+        The metadata dict written to ``out/metadata.json`` (with each shard's record,
+        :mod:`fourm.data.shard_metadata`).
+
+    Raises:
+        FileExistsError: ``out`` holds a data set and ``overwrite`` is False.
+        FolderLockedError: another process writes to ``out``.
     """
     cfg = config if config is not None else sw.WorldConfig()
     for name, value, low in (("num_samples", num_samples, 1), ("shard_size", shard_size, 1), ("workers", workers, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name}={value!r} is not allowed: use an integer >= {low}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, "fourm data shapes", "--out"):
+        stale = sorted(out.glob(f"{SHARD_PREFIX}-*.tar")) + ([out / METADATA_NAME] if (out / METADATA_NAME).exists() else [])
+        if stale and not overwrite:
+            raise FileExistsError(f"--out {str(out)!r} already holds a data set ({len(stale)} files); pass --overwrite "
+                                  "to replace it")
+        for f in stale:  # old shards beyond the new count would otherwise be read as part of the set
+            f.unlink()
+        return _write_shapes_locked(out, num_samples, seed, cfg, shard_size, workers, progress)
+
+
+def _write_shapes_locked(out: Path, num_samples: int, seed: int, cfg: sw.WorldConfig, shard_size: int, workers: int,
+                         progress: bool) -> dict:
+    """The body of :func:`write_shapes`, with ``out`` locked and empty of an earlier data set."""
     num_shards = -(-num_samples // shard_size)
     key_width = max(6, len(str(num_samples - 1)))
     jobs = [(str(out), k, k * shard_size, min((k + 1) * shard_size, num_samples), seed, cfg.to_dict(), key_width)
@@ -154,6 +176,7 @@ def write_shapes(out: str | Path, num_samples: int, seed: int = 0, config: sw.Wo
         "colours": {k: list(v) for k, v in sw.COLOURS.items()},
         "size_words": list(sw.SIZE_WORDS),
         "far_depth": sw.FAR_DEPTH,
+        RECORDS_KEY: describe_shards(paths),
     }
     write_metadata(out, meta, name=METADATA_NAME)
     return meta
@@ -171,12 +194,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
                              ("--workers", args.workers, 1), ("--seed", args.seed, 0)):
         if value < low:
             return _fail(f"{name}={value} is not allowed: use an integer >= {low}")
-    stale = sorted(out.glob(f"{SHARD_PREFIX}-*.tar")) + ([out / METADATA_NAME] if (out / METADATA_NAME).exists() else [])
-    if stale and not args.overwrite:
-        return _fail(f"--out {str(out)!r} already holds a data set ({len(stale)} files); pass --overwrite to replace it")
-    for f in stale:  # old shards beyond the new count would otherwise be read as part of the set
-        f.unlink()
-    meta = write_shapes(out, args.num_samples, args.seed, cfg, args.shard_size, args.workers)
+    meta = write_shapes(out, args.num_samples, args.seed, cfg, args.shard_size, args.workers, overwrite=args.overwrite)
     print(f"wrote {meta['num_samples']} samples in {meta['num_shards']} shards to {out} "
           f"(ShapesWorld {meta['world_version']}, seed {meta['seed']}, {cfg.image_size} px)")
     return 0
@@ -231,6 +249,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     from fourm.data.pretokenize import tokenize_shards
     from fourm.vq.loading import load_tokenizers
 
+    if args.batch_size < 1:
+        return _fail(f"--batch-size {args.batch_size}: must be an integer >= 1")
     toks = load_tokenizers(args.tokenizers, map_location=args.device)
     if args.modalities:
         wanted = _names(args.modalities)
@@ -250,8 +270,13 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     try:
         out = tokenize_shards(args.input, args.output, toks, batch_size=args.batch_size,
                               tokenizer_dir=Path(args.tokenizers), progress=not args.no_progress,
-                              keep=_names(args.keep), specs=specs, text_fields=_names(args.text_fields))
+                              keep=_names(args.keep), specs=specs, text_fields=_names(args.text_fields),
+                              strict=args.strict)
     except ValueError as e:
         return _fail(str(e))
-    print(json.dumps({"written": len(out["written"]), "skipped": len(out["skipped"]), "samples": out["samples"]}))
+    bad = {k: n for k, n in out["bad_samples"].items() if n}
+    print(json.dumps({"written": len(out["written"]), "skipped": len(out["skipped"]), "samples": out["samples"],
+                      "bad_samples": sum(bad.values()), "bad_by_reason": bad, "unreadable_samples": out["unreadable"]}))
+    for example in out["examples"]:
+        print(f"  skipped {example}", file=sys.stderr)
     return 0

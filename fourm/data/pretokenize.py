@@ -20,13 +20,25 @@ tokenizer reads ``normal`` and writes ``tok_normal``) and the text tokenizer the
 they are (``keep=("rgb",)`` stores ``rgb.png``: the pixels of the input-only ``rgb`` modality).
 Images are encoded in batches. A shard whose output already exists is skipped (outputs are written
 under a temporary name and renamed, so an existing one is complete), which makes an interrupted
-run resumable. ``OUT/metadata.json`` records the source, the source's metadata and each
-tokenizer's vocabulary and grid.
+run resumable. ``OUT/metadata.json``, written last, records the source, the source's metadata,
+each tokenizer's vocabulary and grid, the shards written (:mod:`fourm.data.shard_metadata`) and
+the samples skipped.
+
+A sample that cannot be tokenised is skipped and counted by reason (:class:`SampleChecker`): a
+key that is no plain name (``../x``, ``/abs``), an image the tokenizer refuses (a grey PNG for
+rgb, NaN depth, a semseg id outside its classes, a float or bool map), an image of another size
+than the data set's (the source metadata's ``config.image_size``, else the first sample's), a
+caption or box list that does not encode (malformed ``det``). Unreadable members are skipped
+and counted by the shard reader. With ``strict=True`` (``fourm tokenize --strict``) the first bad
+sample raises :class:`BadSampleError` and its shard is not written. The output folder is locked
+(:class:`fourm.locking.FolderLock`) while the job runs.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import tarfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
@@ -34,14 +46,24 @@ import numpy as np
 import torch
 from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
+from fourm.data.shard_metadata import RECORDS_KEY, describe_shards
 from fourm.data.shard_reader import ShardDataset
-from fourm.data.shards import (NAMED_FIELDS, encode_sample, iter_tar_names, list_shards, read_metadata,
+from fourm.data.shards import (NAMED_FIELDS, check_key, encode_sample, iter_tar_names, list_shards, read_metadata,
                                write_metadata, write_shard)
+from fourm.errors import FourmError
+from fourm.locking import FolderLock
 from fourm.modalities import TEXT_TOKENIZER, ModalitySpec, token_field_for
 from fourm.vq.boxes import boxes_to_ids
 from fourm.vq.vqvae import CONFIG_NAME, ImageTokenizer
 
+logger = logging.getLogger(__name__)
 TEXT_FIELDS: tuple[str, ...] = ("caption", "det")  # ShapesWorld's text fields: a caption and its boxes
+BAD_REASONS: tuple[str, ...] = ("bad_key", "bad_image", "image_size", "bad_sequence")
+MAX_EXAMPLES = 5  # bad samples named in the report, per job
+
+
+class BadSampleError(FourmError, ValueError):
+    """A raw sample that cannot be tokenised, under ``strict`` (``fourm tokenize --strict``)."""
 
 
 class TokenField(NamedTuple):
@@ -110,6 +132,88 @@ def _tokenizer_info(tokenizers: Mapping[str, Any], tokenizer_dir: Path | None) -
     return info
 
 
+class SampleChecker:
+    """Decides whether a decoded raw sample can be tokenised; counts the ones that cannot.
+
+    Args:
+        tokenizers, plan: what :func:`tokenize_samples` will run.
+        image_sizes: raw image field -> (height, width) every image must have; a field not
+            given takes the size of its first good image.
+        strict: raise :class:`BadSampleError` at the first bad sample instead of counting it.
+    """
+
+    def __init__(self, tokenizers: Mapping[str, Any], plan: Sequence[TokenField],
+                 image_sizes: Mapping[str, tuple[int, int]] | None = None, strict: bool = False) -> None:
+        self.tokenizers, self.plan, self.strict = tokenizers, list(plan), strict
+        self.sizes = dict(image_sizes or {})
+        self.counts = dict.fromkeys(BAD_REASONS, 0)
+        self.examples: list[str] = []
+
+    def problem(self, sample: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(reason, detail) when ``sample`` cannot be tokenised, else None."""
+        try:
+            check_key(sample["__key__"])
+        except ValueError as e:
+            return "bad_key", str(e).split(":")[0]
+        for spec in self.plan:
+            tok, value = self.tokenizers[spec.tokenizer], sample.get(spec.raw_field)
+            if spec.kind == "image":
+                try:
+                    x, single = tok.normalizer.check(value)
+                    if not single:
+                        raise ValueError(f"{spec.raw_field} holds a batch of {x.shape[0]} images, not one image")
+                    size = (int(x.shape[-2]), int(x.shape[-1]))
+                    tok.token_grid(*size)
+                except (ValueError, TypeError) as e:
+                    return "bad_image", str(e)  # the tokenizer names the field
+                want = self.sizes.setdefault(spec.raw_field, size)
+                if size != want:
+                    return "image_size", (f"{spec.raw_field} is {size[0]} x {size[1]} px, the data set's images are "
+                                          f"{want[0]} x {want[1]}")
+            elif value is not None:
+                try:
+                    _encode_sequence(tok, value)
+                except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+                    return "bad_sequence", f"{spec.raw_field}: {type(e).__name__}: {e}"
+        return None
+
+    def keep(self, sample: Mapping[str, Any]) -> bool:
+        """Whether to tokenise ``sample``; a bad one is counted (or raises under ``strict``)."""
+        found = self.problem(sample)
+        if found is None:
+            return True
+        reason, detail = found
+        where = f"sample {sample['__key__']!r} of {sample['__shard__']!r}"
+        if self.strict:
+            raise BadSampleError(f"{where}: {reason}: {detail} (drop --strict to skip and count such samples)")
+        self.counts[reason] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(f"{where}: {reason}: {detail}")
+        logger.warning("skipping %s: %s: %s", where, reason, detail)
+        return False
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def _encode_sequence(tok: Any, value: Any) -> list[int]:
+    """A caption's or a box list's ids; anything else raises TypeError."""
+    if isinstance(value, str):
+        return tok.encode(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(b, Mapping) for b in value):
+        raise TypeError(f"expected a text or a list of boxes (objects), got {type(value).__name__}")
+    return boxes_to_ids(value, tok)
+
+
+def _source_image_sizes(meta: Mapping[str, Any] | None, plan: Sequence[TokenField]) -> dict[str, tuple[int, int]]:
+    """Image sizes a ShapesWorld source's metadata states (``config.image_size``), per image field."""
+    size = ((meta or {}).get("config") or {}).get("image_size") if isinstance(meta, Mapping) else None
+    if not isinstance(size, int) or isinstance(size, bool):
+        return {}
+    return {f.raw_field: (size, size) for f in plan if f.kind == "image"}
+
+
 def _chunks(samples: Iterator[dict], size: int) -> Iterator[list[dict]]:
     chunk: list[dict] = []
     for s in samples:
@@ -149,15 +253,23 @@ def tokenize_samples(samples: list[dict], tokenizers: Mapping[str, Any],
             value = s.get(spec.raw_field)
             if value is None:
                 continue
-            ids = tok.encode(value) if isinstance(value, str) else boxes_to_ids(value, tok)
-            o[spec.token_field] = np.asarray(ids, dtype=np.int32)
+            o[spec.token_field] = np.asarray(_encode_sequence(tok, value), dtype=np.int32)
     return out
 
 
 def raw_fields(shard: str | os.PathLike) -> list[str]:
-    """The fields of a shard's first sample, in stored order (read from the tar headers)."""
+    """The fields of a shard's first sample, in stored order (read from the tar headers).
+
+    Raises:
+        ValueError: the shard is not a readable tar file.
+    """
     fields, key = [], None
-    for name in iter_tar_names(shard):
+    try:
+        names = list(iter_tar_names(shard))
+    except (tarfile.TarError, OSError) as e:
+        raise ValueError(f"input shard {shard} is not a readable tar file ({e}); give raw shards (fourm data "
+                         "shapes writes them)") from None
+    for name in names:
         k, _, rest = name.partition(".")
         if key is not None and k != key:
             break
@@ -176,6 +288,7 @@ def tokenize_shards(
     keep: Sequence[str] = (),
     specs: Sequence[ModalitySpec] | None = None,
     text_fields: Sequence[str] = TEXT_FIELDS,
+    strict: bool = False,
 ) -> dict:
     """Write one token shard per input shard (skipping those already written).
 
@@ -188,8 +301,15 @@ def tokenize_shards(
         progress: show a progress bar over shards.
         keep: raw fields copied unchanged into the token shards (``rgb`` for a model with rgb pixel input).
         specs, text_fields: what to tokenise (:func:`plan_fields`).
+        strict: raise :class:`BadSampleError` at the first bad sample (no shard is left half
+            written) instead of skipping and counting it.
     Returns:
-        {"written": [paths], "skipped": [paths already present], "samples": samples written}.
+        {"written": [paths], "skipped": [paths already present], "samples": samples written,
+        "bad_samples": {reason: count}, "unreadable": samples the reader skipped, "examples": a
+        few bad samples and why}.
+
+    Raises:
+        FolderLockedError: another job writes to ``output_dir``.
     """
     if not tokenizers:
         raise ValueError("no tokenizers given")
@@ -203,16 +323,45 @@ def tokenize_shards(
     if bad:
         raise ValueError(f"keep={list(keep)}: {bad[0]!r} is not a raw field; allowed: {', '.join(available)}")
     out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for p in paths:
         if Path(p).resolve().parent == out_dir.resolve():
             raise ValueError(f"output folder {out_dir} holds the input shard {p}; choose another output folder")
+    with FolderLock(out_dir, "fourm tokenize", "--output"):
+        return _tokenize_locked(paths, out_dir, tokenizers, plan, keep, batch_size, tokenizer_dir, progress, strict)
+
+
+def _tokenize_locked(paths: list[str], out_dir: Path, tokenizers: Mapping[str, Any], plan: list[TokenField],
+                     keep: tuple[str, ...], batch_size: int, tokenizer_dir: str | os.PathLike | None, progress: bool,
+                     strict: bool) -> dict:
+    """The body of :func:`tokenize_shards`, with ``out_dir`` locked."""
     images = [s.raw_field for s in plan if s.kind == "image"]
     texts = [s.raw_field for s in plan if s.kind == "sequence"]
     read = list(dict.fromkeys(images + [f for f in keep if f not in texts]))
     optional = list(dict.fromkeys(texts + [f for f in keep if f in texts]))
     src_dir = Path(paths[0]).parent
     src_meta = read_metadata(src_dir) if (src_dir / "metadata.json").is_file() else None
+    checker = SampleChecker(tokenizers, plan, _source_image_sizes(src_meta, plan), strict)
+    written, skipped, n_samples, unreadable = [], [], 0, 0
+    bar = tqdm(paths, desc="tokenize", unit="shard", disable=not progress)
+    for path in bar:
+        target = out_dir / Path(path).name
+        if target.exists():
+            skipped.append(str(target))
+            continue
+        ds = ShardDataset(path, fields=read, optional=optional, strict=strict, strict_hint="drop --strict")
+
+        def items() -> Iterator[tuple[str, dict[str, bytes]]]:
+            good = (s for s in ds if checker.keep(s))
+            for chunk in _chunks(good, batch_size):
+                for sample, toks in zip(chunk, tokenize_samples(chunk, tokenizers, plan)):
+                    yield sample["__key__"], encode_sample(toks | _kept(sample, keep))
+
+        n_samples += write_shard(target, items())  # atomic: a bad sample under strict leaves no file
+        unreadable += ds.stats.total
+        written.append(str(target))
+        bar.set_postfix(samples=n_samples, bad=checker.total + unreadable)
+    bar.close()
+    shards = sorted(str(out_dir / Path(p).name) for p in paths)
     write_metadata(out_dir, {
         "kind": "token_shards",
         "source": str(src_dir),
@@ -222,26 +371,11 @@ def tokenize_shards(
         # an image's vocabulary, or the name of the text tokenizer whose vocabulary a sequence has
         "fields": {s.token_field: tokenizers[s.tokenizer].codebook_size if s.kind == "image" else s.tokenizer
                    for s in plan} | {f: "raw" for f in keep},
+        "bad_samples": dict(checker.counts), "unreadable_samples": unreadable,  # of this job (not of skipped shards)
+        RECORDS_KEY: describe_shards(shards),
     })
-    written, skipped, n_samples = [], [], 0
-    bar = tqdm(paths, desc="tokenize", unit="shard", disable=not progress)
-    for path in bar:
-        target = out_dir / Path(path).name
-        if target.exists():
-            skipped.append(str(target))
-            continue
-        ds = ShardDataset(path, fields=read, optional=optional)
-
-        def items() -> Iterator[tuple[str, dict[str, bytes]]]:
-            for chunk in _chunks(iter(ds), batch_size):
-                for sample, toks in zip(chunk, tokenize_samples(chunk, tokenizers, plan)):
-                    yield sample["__key__"], encode_sample(toks | _kept(sample, keep))
-
-        n_samples += write_shard(target, items())
-        written.append(str(target))
-        bar.set_postfix(samples=n_samples)
-    bar.close()
-    return {"written": written, "skipped": skipped, "samples": n_samples}
+    return {"written": written, "skipped": skipped, "samples": n_samples, "bad_samples": dict(checker.counts),
+            "unreadable": unreadable, "examples": list(checker.examples)}
 
 
 def read_token_metadata(directory: str | os.PathLike) -> dict:

@@ -42,7 +42,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from fourm.data.shard_metadata import check_shard_folders
 from fourm.data.shards import decode_member, list_shards
+from fourm.errors import FourmError
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +56,14 @@ _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
 
 
-class CorruptSampleError(RuntimeError):
-    """A sample or shard that cannot be used, raised in strict mode."""
+class CorruptSampleError(FourmError, RuntimeError):
+    """A sample or shard that cannot be used, raised in strict mode; ``hint`` says how to turn
+    strict reading off where the user chose it (``set data.strict=false`` in a run config)."""
 
-    def __init__(self, shard: str, key: str | None, reason: str, detail: str) -> None:
+    def __init__(self, shard: str, key: str | None, reason: str, detail: str, hint: str = "pass strict=False") -> None:
         self.shard, self.key, self.reason, self.detail = shard, key, reason, detail
         where = f"shard {shard!r}" + (f", key {key!r}" if key is not None else "")
-        super().__init__(f"{where}: {reason}: {detail} (pass strict=False to skip and count such samples)")
+        super().__init__(f"{where}: {reason}: {detail} ({hint} to skip and count such samples)")
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,11 @@ class ShardDataset(IterableDataset):
         batch_size: if set, yield lists of up to ``batch_size`` samples, one per chunk of
             consecutive positions (short where samples were skipped; empty chunks are not yielded).
         transform: applied to each sample dict in the reader (e.g. masking in DataLoader workers).
+        strict_hint: how the user turns ``strict`` off, named in :class:`CorruptSampleError`.
+
+    Raises:
+        ShardMetadataError: a folder's ``metadata.json`` does not describe the shards in it
+            (:func:`~fourm.data.shard_metadata.check_shard_folders`).
     """
 
     def __init__(
@@ -271,6 +279,7 @@ class ShardDataset(IterableDataset):
         batch_size: int | None = None,
         optional: Sequence[str] = (),
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        strict_hint: str = "pass strict=False",
     ) -> None:
         super().__init__()
         if world_size < 1 or not 0 <= rank < world_size:
@@ -287,6 +296,8 @@ class ShardDataset(IterableDataset):
                     f"invalid field name {name!r}: use the name without extension, e.g. 'rgb', not 'rgb.png'"
                 )
         self.shards = list_shards(shards)
+        check_shard_folders(shards)
+        self.strict_hint = strict_hint
         self.fields = tuple(fields) if fields is not None else None
         self.optional = tuple(optional)
         # Fields to read: required + optional; None = all (also when neither is given or fields is empty).
@@ -295,7 +306,7 @@ class ShardDataset(IterableDataset):
         self.rank, self.world_size, self.strict, self.batch_size = rank, world_size, strict, batch_size
         self.transform = transform
         # Shared memory, so that set_epoch reaches persistent workers and worker skip counts reach
-        # the main process (DataLoader pickles tensors through shared memory for spawned workers).
+        # the main process (DataLoader sends tensors to spawned workers through shared memory).
         self._state = torch.tensor([epoch, start], dtype=torch.int64).share_memory_()
         self._counts = torch.zeros(MAX_WORKERS, len(SKIP_REASONS), dtype=torch.int64).share_memory_()
         self._events: list[SkipEvent] = []
@@ -394,7 +405,7 @@ class ShardDataset(IterableDataset):
 
     def _skip(self, path: str, key: str | None, reason: str, detail: str, row: int, n_logged: int) -> None:
         if self.strict:
-            raise CorruptSampleError(path, key, reason, detail)
+            raise CorruptSampleError(path, key, reason, detail, self.strict_hint)
         if row < MAX_WORKERS:
             self._counts[row, SKIP_REASONS.index(reason)] += 1
         if get_worker_info() is None and len(self._events) < MAX_EVENTS:

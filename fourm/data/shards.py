@@ -83,11 +83,11 @@ def encode_png(arr: np.ndarray) -> bytes:
 
 
 def encode_npy(arr: np.ndarray) -> bytes:
-    """``np.save`` bytes of a C-contiguous copy (object arrays are rejected: they would need pickle)."""
+    """``np.save`` bytes of a C-contiguous copy (object arrays are rejected: only plain numbers are stored)."""
     if arr.dtype.hasobject:
         raise ValueError(f"cannot store an object array (dtype {arr.dtype}) as .npy; convert it to a numeric dtype")
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    np.save(buf, np.ascontiguousarray(arr))  # numeric dtypes only (checked above): no Python objects
     return buf.getvalue()
 
 
@@ -218,7 +218,7 @@ def decode_member(suffix: str, data: bytes) -> Any:
             img.load()  # decode now, so a damaged image fails here and not later
             return np.array(img)
     if ext == "npy":
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return np.load(io.BytesIO(data))  # numpy refuses object arrays by default: no code runs
     if ext == "json":
         return json.loads(data.decode("utf-8"))
     if ext == "txt":
@@ -231,7 +231,9 @@ def decode_member(suffix: str, data: bytes) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_key(key: str) -> None:
+def check_key(key: str) -> None:
+    """Raise ValueError unless ``key`` is a plain sample key (no dot, whitespace, backslash, ``..``
+    or leading ``/``), as webdataset and a tar member name need."""
     if not isinstance(key, str) or not _KEY_RE.match(key) or ".." in key.split("/"):
         raise ValueError(
             f"invalid sample key {key!r}: must be a non-empty string without dots, whitespace, backslashes "
@@ -278,7 +280,7 @@ class _TarShardFile:
         self.count = 0
 
     def add(self, key: str, members: Mapping[str, bytes]) -> None:
-        _check_key(key)
+        check_key(key)
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r} in shard {str(self.path)!r}")
         if not members:

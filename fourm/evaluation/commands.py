@@ -87,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _fail(msg: str) -> int:
-    print(f"fourm eval: error: {msg}", file=sys.stderr)
+    print(f"error: {msg}", file=sys.stderr)
     return 2
 
 
@@ -100,6 +100,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fourm.generation.commands import load_model
     from fourm.vq.loading import load_tokenizers
 
+    for name in ("num_samples", "batch_size", "image_steps"):
+        if getattr(args, name) < 1:
+            return _fail(f"--{name.replace('_', '-')} {getattr(args, name)}: must be an integer >= 1")
     try:
         tasks = parse_tasks(args.tasks)
         if args.grid is not None and args.grid.suffix.lower() != ".png":
@@ -136,12 +139,20 @@ def cmd_tokenizer_eval(args: argparse.Namespace) -> int:
     from fourm.evaluation.reconstruction import evaluate_tokenizers, format_results
     from fourm.vq.loading import load_tokenizers
 
+    for name in ("num_samples", "batch_size"):
+        if getattr(args, name) < 1:
+            return _fail(f"--{name.replace('_', '-')} {getattr(args, name)}: must be an integer >= 1")
+    if args.predictability_samples < 0:
+        return _fail(f"--predictability-samples {args.predictability_samples}: must be an integer >= 0 (0 = no table)")
     toks = load_tokenizers(args.tokenizers, map_location=args.device)
-    results = evaluate_tokenizers(toks, seed=args.seed, num_samples=args.num_samples,
-                                  image_size=args.image_size, batch_size=args.batch_size,
-                                  parser=not args.no_parser, decode_steps=args.decode_steps,
-                                  decode_seed=args.decode_seed,
-                                  predictability_samples=args.predictability_samples)
+    try:
+        results = evaluate_tokenizers(toks, seed=args.seed, num_samples=args.num_samples,
+                                      image_size=args.image_size, batch_size=args.batch_size,
+                                      parser=not args.no_parser, decode_steps=args.decode_steps,
+                                      decode_seed=args.decode_seed,
+                                      predictability_samples=args.predictability_samples)
+    except ValueError as e:  # a scene size or decoder setting the tokenizers do not take
+        return _fail(f"fourm tokenizer eval --tokenizers {args.tokenizers}: {e}")
     results["tokenizers"] = str(args.tokenizers)
     print(format_results(results))
     if args.json:

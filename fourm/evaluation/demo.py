@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from fourm.data.commands import write_shapes
 from fourm.data.contact_sheet import render_contact_sheet
 from fourm.data.shard_reader import ShardDataset
 from fourm.data.shards import list_shards
+from fourm.errors import UsageError
 from fourm.evaluation.commands import DEFAULT_MODEL, DEFAULT_TOKENIZERS, resolve_path
 
 DEMO_SEED = 1000  # held-out world: the bundled model trained on seed 0 and validated on seed 1
@@ -56,7 +56,7 @@ def world_part(out: Path, num_samples: int, seed: int, image_size: int, workers:
     t0 = time.perf_counter()
     shard_dir = out / "shapes"
     meta = write_shapes(shard_dir, num_samples=num_samples, seed=seed, config=sw.WorldConfig(image_size=image_size),
-                        shard_size=min(128, num_samples), workers=workers)
+                        shard_size=min(128, num_samples), workers=workers, overwrite=True)  # the demo's own folder
     t_gen = time.perf_counter() - t0
     samples = []
     for sample in ShardDataset(list_shards(shard_dir), to_tensor=False):  # the path training uses
@@ -98,17 +98,21 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
     model_dir, tok_dir = resolve_path(args.model), resolve_path(args.tokenizers)
+    for name, value, low in (("--world-samples", args.world_samples, 1), ("--workers", args.workers, 1)):
+        if value < low:
+            raise UsageError(f"{name} {value}; must be >= {low}")
+    try:
+        sw.WorldConfig(image_size=args.image_size)
+    except ValueError as e:
+        raise UsageError(f"--image-size {args.image_size}: {e}") from None
     if not args.world_only:
         for flag, path, what in (("--model", model_dir, "config.json"), ("--tokenizers", tok_dir, "rgb")):
             if not (path / what).exists():
-                print(f"fourm demo: error: {flag} {path}: no {what} there (the bundled files are "
-                      f"{DEFAULT_MODEL} and {DEFAULT_TOKENIZERS}; --world-only runs the data part alone)",
-                      file=sys.stderr)
-                return 2
+                raise UsageError(f"{flag} {path}: no {what} there (the bundled files are {DEFAULT_MODEL} and "
+                                 f"{DEFAULT_TOKENIZERS}; --world-only runs the data part alone)")
         for name, value, low in (("--num-samples", args.num_samples, 1), ("--grid-scenes", args.grid_scenes, 0)):
             if value < low:
-                print(f"fourm demo: error: {name} {value}; must be >= {low}", file=sys.stderr)
-                return 2
+                raise UsageError(f"{name} {value}; must be >= {low}")
     out.mkdir(parents=True, exist_ok=True)
     summary = {"world": world_part(out, args.world_samples, 0, args.image_size, args.workers)}
     if not args.world_only:

@@ -131,20 +131,20 @@ def parse_target(spec: str) -> Target:
         if not eq:
             raise ValueError(f"--target {spec!r}: {item!r} is not key=value")
         if key in _INT_FIELDS:
-            kw[key] = int(value)
+            kw[key] = _number(spec, key, value, int)
         elif key in _FLOAT_FIELDS:
-            kw[key] = float(value)
+            kw[key] = _number(spec, key, value, float)
         elif key in _STR_FIELDS:
             kw[key] = value
         elif key == "top_k":
-            kw[key] = float(value) if "." in value else int(value)
+            kw[key] = _number(spec, key, value, float if "." in value else int)
         elif key == "cfg_conditions":
             kw[key] = tuple(value.split("+"))
         elif key == "guide":
             mods, star, weight = value.rpartition("*")
             if not star:
                 raise ValueError(f"--target {spec!r}: guide={value!r}; expected MODS*WEIGHT such as caption*3")
-            guides.append(Condition(tuple(mods.split("+")), float(weight)))
+            guides.append(Condition(tuple(mods.split("+")), _number(spec, "guide weight", weight, float)))
         else:
             allowed = sorted(_INT_FIELDS | _FLOAT_FIELDS | _STR_FIELDS | {"top_k", "cfg_conditions", "guide"})
             raise ValueError(f"--target {spec!r}: unknown setting {key!r}; allowed: {', '.join(allowed)}")
@@ -153,26 +153,62 @@ def parse_target(spec: str) -> Target:
     return Target(name, **kw)
 
 
+def _number(spec: str, key: str, value: str, kind: type) -> int | float:
+    """``value`` as ``kind`` (int or float); a mistake names the target and the setting."""
+    try:
+        return kind(value)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"--target {spec!r}: {key}={value!r} is not {what}; e.g. {key}="
+                         f"{'8' if kind is int else '0.7'}") from None
+
+
 def _read_input(name: str, value: str, specs: dict) -> Any:
     """A condition's value from the command line: text / JSON for sequences (``@FILE`` reads a
-    file; det also takes a .json file), a .npy or image file otherwise."""
+    file; det also takes a .json file), a .npy or image file otherwise.
+
+    Raises:
+        FileNotFoundError, ValueError: naming the input (``--input NAME=VALUE``) and what is wrong.
+    """
+    where = f"--input {name}={value if len(value) <= 60 else value[:57] + '...'}"
     spec = specs.get(name)
     if spec is not None and spec.kind == "sequence":
-        text = Path(value[1:]).read_text() if value.startswith("@") else value
+        text = _read_text(where, value[1:]) if value.startswith("@") else value
         if name.split("@")[0] != "det":
             return text.strip()
-        if Path(text).suffix == ".json" and Path(text).is_file():
-            text = Path(text).read_text()
-        return json.loads(text)
+        if Path(text).suffix == ".json":
+            text = _read_text(where, text)
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"{where}: not JSON ({e}); give a list of boxes, e.g. det='[{{\"class\": "
+                             "\"circle\", \"box\": [0.1, 0.1, 0.5, 0.5]}]', or a .json file") from None
     path = Path(value.removeprefix("@"))
     if not path.is_file():
-        raise FileNotFoundError(f"--input {name}={value}: file not found")
+        raise FileNotFoundError(f"{where}: file not found")
     if path.suffix == ".npy":
-        return np.load(path)
-    from PIL import Image
+        try:
+            return np.load(path)
+        except (ValueError, OSError):  # numpy reads numeric arrays only: nothing in the file runs
+            raise ValueError(f"{where}: not a .npy file of a numeric array (as numpy.save writes)") from None
+    from PIL import Image, UnidentifiedImageError
 
-    img = Image.open(path)
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{where}: not a readable image ({type(e).__name__}); give a PNG or JPEG file, or a .npy "
+                         "array") from None
     return np.asarray(img.convert("RGB")) if name.split("@")[0] == "rgb" else np.asarray(img)
+
+
+def _read_text(where: str, path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where}: file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where}: cannot read {path} as text ({e})") from None
 
 
 def _scene_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -109,17 +109,36 @@ def _batch_size(samples: Mapping[str, Any], names: Iterable[str]) -> int:
     return next(iter(sizes.values()))
 
 
-def _image_tokens(spec: ModalitySpec, x: Any) -> torch.Tensor:
+def check_image_tokens(spec: ModalitySpec, x: Any) -> torch.Tensor:
+    """Validate a batch of token grids of image modality ``spec``, as sequences are validated.
+
+    Args:
+        spec: an ``image`` modality.
+        x: (B, rows * cols) or (B, rows, cols) token ids of an integer dtype (not bool).
+
+    Returns:
+        (B, rows * cols) int64 ids.
+
+    Raises:
+        ValueError: another shape, a float, complex or bool dtype, or an id outside
+            ``[0, vocab_size)`` (the message names the modality, what was found and what is allowed).
+    """
     x = torch.as_tensor(x)
     L = spec.num_tokens
     if x.dim() == 3 and tuple(x.shape[1:]) == tuple(spec.grid):
         x = x.reshape(x.shape[0], L)
-    if x.dim() != 2 or x.shape[1] != L or x.is_floating_point():
+    if x.dim() != 2 or x.shape[1] != L or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
         raise ValueError(
             f"modality {spec.name!r}: expected integer tokens of shape (B, {L}) or (B, {spec.grid[0]}, "
             f"{spec.grid[1]}), got {x.dtype} {tuple(x.shape)}"
         )
-    return x.long()
+    x = x.long()  # (B, L); also makes unsigned dtypes comparable
+    if x.numel():
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= spec.vocab_size:
+            raise ValueError(f"modality {spec.name!r}: token ids must lie in [0, {spec.vocab_size - 1}] (vocab_size="
+                             f"{spec.vocab_size}), got values in [{lo}, {hi}]")
+    return x
 
 
 def _pixels(spec: ModalitySpec, x: Any) -> torch.Tensor:
@@ -258,7 +277,7 @@ class UnifiedMasking:
                 keep = self.keep[budgets.component, j]  # (B,)
                 out[name] = self._mask_sequences(spec, samples[name], n_in, n_tgt, keep, g)
                 continue
-            tokens = _pixels(spec, samples[name]) if spec.kind == "pixels" else _image_tokens(spec, samples[name])
+            tokens = (_pixels if spec.kind == "pixels" else check_image_tokens)(spec, samples[name])
             is_input, is_target = _rank_masks(B, spec.num_tokens, n_in, n_tgt, g)
             out[name] = {"tokens": tokens, "is_input": is_input, "is_target": is_target}
         return out
@@ -354,7 +373,7 @@ class TransferMasking:
                     targets = [span_mask(x, [True] * len(x))[1] for x in ids]
                     out[name] = _layout_sequences(spec, empty, targets, torch.zeros(B, dtype=torch.long))
                 continue
-            tokens = _pixels(spec, samples[name]) if spec.kind == "pixels" else _image_tokens(spec, samples[name])
+            tokens = (_pixels if spec.kind == "pixels" else check_image_tokens)(spec, samples[name])
             full = torch.ones(B, spec.num_tokens, dtype=torch.bool)
             out[name] = {"tokens": tokens, "is_input": full if is_in else ~full, "is_target": ~full if is_in else full}
         return out
@@ -425,6 +444,7 @@ __all__ = [
     "TransferMasking",
     "UnifiedMasking",
     "as_generator",
+    "check_image_tokens",
     "collate_masked",
     "count_tokens",
     "generator_for",

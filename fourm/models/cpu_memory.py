@@ -87,7 +87,7 @@ class GradStore:
 class CPUMemory:
     """The reused memory of one embedding module: its table's gradient (``table_grad``), its head's
     weight gradient (``head_grad``) and its head's logits (``logits``); ``enabled`` switches the reuse.
-    Scratch memory, not state: copies and pickles start empty."""
+    Scratch memory, not state: copies and serialised copies start empty."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled

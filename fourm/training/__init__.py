@@ -12,7 +12,8 @@
 * :mod:`fourm.training.config` - what every run shares: :class:`RunConfig`, optimizer,
   checkpoint, logging and distributed settings.
 * :mod:`fourm.training.optim` - AdamW parameter groups, warm-up + cosine schedule.
-* :mod:`fourm.training.checkpoint` - atomic step checkpoints without pickle, keep-last-K, ``--resume auto``.
+* :mod:`fourm.training.checkpoint` - atomic, hashed step checkpoints of tensors and JSON, keep-last-K, ``--resume auto``.
+* :mod:`fourm.training.data_guard` - stops a run whose data are all or mostly dropped as invalid.
 * :mod:`fourm.training.distributed` - the Accelerator, FSDP and activation checkpointing.
 * :mod:`fourm.training.metrics` - ``metrics.jsonl``, optional TensorBoard, the logging interval;
   :mod:`fourm.training.curve` plots it.

@@ -20,7 +20,8 @@ import signal
 import sys
 from typing import Callable
 
-from fourm.cli import command_group
+from fourm.cli import Parser, command_group, run_command
+from fourm.errors import UsageError
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, example: str) -> None:
@@ -88,21 +89,15 @@ def run_curve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, load: Callable, make_task: Callable, report: Callable) -> int:
-    """Load the config, train, report; the exit status of the module docstring."""
-    from fourm.config import ConfigError
+    """Load the config, train, report; the exit status of the module docstring (a user's mistake:
+    a bad config, corrupt checkpoint, locked out_dir or data that do not fit, raises a
+    :class:`~fourm.errors.FourmError`, which :func:`fourm.cli.run_command` turns into status 2)."""
     from fourm.training.trainer import NonFiniteLossError, run
 
-    try:
-        cfg = load(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load(args.config, args.overrides)
     try:
         summary = run(make_task(cfg), resume=args.resume, until_step=args.until_step,
                       progress=False if args.no_progress else None)
-    except (ConfigError, FileExistsError, FileNotFoundError) as e:  # shards vs vocabulary, resume mismatches
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -124,6 +119,7 @@ def run_train(args: argparse.Namespace) -> int:
                           "stopped_by": summary.stopped_by, "loss": last.get("loss"),
                           "val_loss": (summary.val or {}).get("loss"), "checkpoint": summary.checkpoint,
                           "nonfinite_steps": summary.nonfinite_steps, "skipped_samples": summary.skipped_samples,
+                          "invalid_samples": summary.invalid_samples, "tokens_seen": last.get("tokens_seen"),
                           "wall_s": round(summary.wall_s, 2)}))
 
     return _run(args, load_train_config, FourMTask, report)
@@ -156,7 +152,7 @@ def run_train_text(args: argparse.Namespace) -> int:
     from fourm.vq.text import train_text_tokenizer
 
     if args.num_samples < 1:
-        raise SystemExit(f"--num-samples={args.num_samples} is not allowed: use an integer >= 1")
+        raise UsageError(f"--num-samples={args.num_samples} is not allowed: use an integer >= 1")
     classes = sw.SHAPE_CLASSES if args.classes is None else [c.strip() for c in args.classes.split(",") if c.strip()]
     if args.shards is None:
         captions = (sw.render_scene(args.seed, i)["caption"]
@@ -166,7 +162,7 @@ def run_train_text(args: argparse.Namespace) -> int:
     try:
         tok = train_text_tokenizer(captions, class_names=classes, vocab_size=args.vocab_size)
     except ValueError as e:
-        raise SystemExit(f"fourm tokenizer train-text: {e}") from None
+        raise UsageError(f"fourm tokenizer train-text: {e}") from None
     tok.save_pretrained(args.out)
     print(f"text tokenizer: vocab {tok.vocab_size}, classes {', '.join(tok.class_names)} -> {args.out}")
     return 0
@@ -192,15 +188,15 @@ def _shard_texts(spec: str, field: str, limit: int) -> list[str]:
     if missing or skipped.total:
         print(f"train-text: {missing} samples without a {field!r} text; unreadable samples: {skipped}")
     if not texts:
-        raise SystemExit(f"--shards {spec}: no sample has a text field {field!r}; name it with --field")
+        raise UsageError(f"--shards {spec}: no sample has a text field {field!r}; name it with --field")
     return texts
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fourm.training.commands", description="Train a FourM.")
+    parser = Parser(prog="python -m fourm.training.commands", description="Train a FourM.")
     add_train_arguments(parser)
     args = parser.parse_intermixed_args(argv)  # overrides may also follow the options
-    return args.func(args)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

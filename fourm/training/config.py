@@ -128,6 +128,28 @@ class LoggingConfig:
             raise ValueError(f"every={self.every}: must be >= 1")
 
 
+@dataclass(frozen=True)
+class DataCheckConfig:
+    """When the trainer gives up on data that do not fit the model (:mod:`fourm.training.data_guard`).
+
+    Args:
+        window: micro-batches per process: the run stops with ``InvalidDataError`` when none of
+            the last ``window`` held a valid sample (a shorter run: when it ends without one).
+        max_invalid_fraction: the run stops when more than this share of the samples read so far
+            was invalid (dropped: a token grid or sequence that does not fit the model), checked
+            from the ``window``-th micro-batch on; 1.0 turns this check off.
+    """
+
+    window: int = 20
+    max_invalid_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"window={self.window}: must be >= 1 (micro-batches)")
+        if not 0.0 <= self.max_invalid_fraction <= 1.0:
+            raise ValueError(f"max_invalid_fraction={self.max_invalid_fraction}: must lie in [0, 1] (1 = no limit)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """What every training run has (the fields of :class:`fourm.training.trainer.Trainer`); a
@@ -142,7 +164,7 @@ class RunConfig:
         max_nonfinite_steps: abort after this many non-finite steps in a row (the batch is saved
             to ``out_dir/debug``); each one alone is skipped and counted.
         threads: torch intra-op threads per process (``null``: torch's default).
-        optim, checkpoint, logging, distributed: the sections above.
+        optim, checkpoint, logging, distributed, data_check: the sections above.
     """
 
     out_dir: str
@@ -155,6 +177,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    data_check: DataCheckConfig = field(default_factory=DataCheckConfig)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -173,4 +196,5 @@ class RunConfig:
 
 
 # Settings of every run that may differ from the checkpoint's on resume (prefixes of dotted keys).
-RESUME_MAY_CHANGE: tuple[str, ...] = ("out_dir", "logging.", "checkpoint.", "threads", "max_nonfinite_steps")
+RESUME_MAY_CHANGE: tuple[str, ...] = ("out_dir", "logging.", "checkpoint.", "threads", "max_nonfinite_steps",
+                                      "data_check.")

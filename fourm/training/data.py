@@ -16,8 +16,10 @@ of ``(seed, k)``; each source keeps its own epochs. Micro-batches are therefore 
 source each); a source may mask fewer modalities than another.
 
 Samples whose tokens do not fit the model (a grid of the wrong size, an id outside the
-vocabulary) are dropped and counted as ``invalid`` (``strict`` raises instead), like the shard
-reader's corrupt samples, which it counts by reason in ``ShardDataset.stats``.
+vocabulary, a float or bool grid) are dropped and counted as ``invalid`` (``strict`` raises
+:class:`InvalidSampleError` instead), like the shard reader's corrupt samples, which it counts by
+reason in ``ShardDataset.stats``; :mod:`fourm.training.data_guard` stops a run whose data are
+mostly or wholly dropped.
 """
 from __future__ import annotations
 
@@ -32,12 +34,18 @@ from torch.utils.data import DataLoader
 
 from fourm.config import ConfigError
 from fourm.data.shard_reader import ShardDataset
+from fourm.errors import FourmError
 from fourm.masking import Batch, UnifiedMasking, collate_masked, generator_for
 from fourm.modalities import ModalityRegistry, ModalitySpec, pixels_to_float
 from fourm.training.task import MicroBatch
 
 logger = logging.getLogger(__name__)
 MIXTURE_TAG = 0x6D6978  # separates the mixture's draws from other uses of the seed
+STRICT_HINT = "set data.strict=false"  # how a run turns strict reading off, named in its errors
+
+
+class InvalidSampleError(FourmError, ValueError):
+    """A sample that does not fit the model, in strict mode (``data.strict=true``)."""
 
 
 def modality_fields(registry: ModalityRegistry, names: Sequence[str], overrides: Mapping[str, str]) -> dict[str, str]:
@@ -82,15 +90,17 @@ class SampleMasker:
         j = int(sample["__index__"])
         epoch = self.dataset.epoch if self.dataset is not None else 0
         slot = j * self.world_size + self.rank
-        item: dict[str, Any] = {"key": sample["__key__"], "index": j, "masked": None}
+        item: dict[str, Any] = {"key": sample["__key__"], "index": j, "masked": None, "error": ""}
         try:
             g = generator_for(self.seed, self.source, epoch, slot)
             item["masked"] = self.masking.mask_sample(self.raw_sample(sample), g)
         except (ValueError, KeyError, TypeError) as e:
+            where = f"sample {sample['__key__']!r} of {os.path.basename(sample['__shard__'])!r}"
             if self.strict:
-                raise ValueError(f"invalid sample {sample['__key__']!r} in {sample['__shard__']!r}: {e} "
-                                 "(set data.strict=false to skip and count such samples)") from e
+                raise InvalidSampleError(f"invalid {where} in {sample['__shard__']!r}: {e} ({STRICT_HINT} to skip "
+                                         "and count such samples)") from e
             logger.warning("dropping invalid sample %r of %r: %s", sample["__key__"], sample["__shard__"], e)
+            item["error"] = f"{where}: {e.args[0] if isinstance(e, KeyError) and e.args else e}"
         return item
 
 
@@ -106,8 +116,9 @@ class CollateMicroBatch:
         tokens = 0
         if batch is not None:
             tokens = int(sum(int(d["is_input"].sum()) + int(d["is_target"].sum()) for d in batch.values()))
+        errors = [it["error"] for it in items if it["masked"] is None and it.get("error")]
         return MicroBatch(batch, [it["key"] for it in good], items[0]["index"] // self.batch_size,
-                          tokens, len(items) - len(good))
+                          tokens, len(items) - len(good), invalid_detail=errors[0] if errors else "")
 
 
 def empty_batch(specs: Mapping[str, ModalitySpec]) -> Batch:
@@ -184,16 +195,23 @@ class SourceStream:
         self.batch_size, self.num_workers, self.source = batch_size, num_workers, source
         check_vocab_against_metadata(shards, masking.specs, fields, name)
         self.masker = SampleMasker(masking, fields, seed, source, rank, world_size, strict)
-        self.dataset = ShardDataset(shards, fields=sorted(set(fields.values())), shuffle=shuffle, seed=seed,
-                                    rank=rank, world_size=world_size, strict=strict, batch_size=batch_size,
-                                    transform=self.masker)
+        try:
+            self.dataset = ShardDataset(shards, fields=sorted(set(fields.values())), shuffle=shuffle, seed=seed,
+                                        rank=rank, world_size=world_size, strict=strict, batch_size=batch_size,
+                                        transform=self.masker, strict_hint=STRICT_HINT)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{name}.shards: {e}") from None
         self.masker.bind(self.dataset)
         total = ShardDataset(self.dataset.shards).num_samples()
         self.chunks_per_epoch = (total // world_size) // batch_size
+        if total == 0:
+            raise ConfigError(f"{name}: no readable sample in {len(self.dataset.shards)} shard(s) "
+                              f"({', '.join(self.dataset.shards[:3])}{' ...' if len(self.dataset.shards) > 3 else ''}): "
+                              "empty or not tar files; give the folder of token shards that fourm tokenize wrote")
         if self.chunks_per_epoch < 1:
-            raise ValueError(f"{name}: {total} samples in {len(self.dataset.shards)} shards are fewer than one "
-                             f"micro-batch per process ({batch_size} x {world_size} processes); lower "
-                             "data.batch_size or add data")
+            raise ConfigError(f"{name}: {total} samples in {len(self.dataset.shards)} shards are fewer than one "
+                              f"micro-batch per process ({batch_size} x {world_size} processes); lower "
+                              "data.batch_size or add data")
         extra = dict(persistent_workers=True, prefetch_factor=prefetch_factor) if num_workers > 0 else {}
         # its own generator: starting an iterator draws a seed, which must not come from the global
         # generator that the trainer seeds per step (masks and order come from generator_for)
@@ -214,8 +232,8 @@ class SourceStream:
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         epoch, chunk = int(state["epoch"]), int(state["next_chunk"])
         if epoch < 0 or not 0 <= chunk <= self.chunks_per_epoch:
-            raise ValueError(f"data position epoch={epoch}, next_chunk={chunk} is outside this data "
-                             f"({self.chunks_per_epoch} micro-batches per epoch); was the data or batch size changed?")
+            raise ConfigError(f"data position epoch={epoch}, next_chunk={chunk} is outside this data "
+                              f"({self.chunks_per_epoch} micro-batches per epoch); was the data or batch size changed?")
         self.epoch, self.next_chunk = epoch, chunk
         self._reset()
 
@@ -306,8 +324,8 @@ class MixtureStream:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if len(state["sources"]) != len(self.sources):
-            raise ValueError(f"checkpoint has {len(state['sources'])} data sources, the config {len(self.sources)}; "
-                             "resume with the same data.train")
+            raise ConfigError(f"checkpoint has {len(state['sources'])} data sources, the config {len(self.sources)}; "
+                              "resume with the same data.train")
         self.k = int(state["k"])
         for s, st in zip(self.sources, state["sources"]):
             s.load_state_dict(st)

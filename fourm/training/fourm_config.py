@@ -200,6 +200,10 @@ class TrainConfig(RunConfig):
                 raise ConfigError(f"loss_weights.{name}={w!r}: must be a number > 0")
         checks = [("masking", self.masking)] + [
             (f"data.train.{n}.masking", s.masking) for n, s in self.data.train.items() if s.masking is not None]
+        for total in ("num_input_tokens", "num_target_tokens"):  # the model's encoder and decoder slots
+            if max(getattr(m, total) for _, m in checks) < 1:
+                raise ConfigError(f"masking.{total}={getattr(self.masking, total)}: a FourM run needs at least one "
+                                  f"{total.split('_')[1]} token per sample; use an integer >= 1")
         for where, m in checks:
             unknown = [x for x in m.modalities if x not in names]
             if unknown:

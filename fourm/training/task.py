@@ -41,7 +41,8 @@ class MicroBatch:
     corrupt or invalid; the trainer runs the task's ``empty_batch`` with zero weight so that the
     processes stay in step). ``keys`` are the samples' keys (for ``logging.sample_keys``),
     ``num_samples`` their number, ``num_tokens`` the tokens the step learns from, ``invalid`` the
-    samples dropped as invalid; ``source``, ``epoch`` and ``chunk`` say where it came from.
+    samples dropped as invalid and ``invalid_detail`` one of them and why; ``source``, ``epoch``
+    and ``chunk`` say where it came from.
     """
 
     batch: Any | None
@@ -52,6 +53,7 @@ class MicroBatch:
     source: int = 0
     epoch: int = 0
     num_samples: int | None = None
+    invalid_detail: str = ""
 
     @property
     def samples(self) -> int:

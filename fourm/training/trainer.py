@@ -10,7 +10,12 @@ reads two flags summed over all processes, "non-finite loss or gradient" and "st
 move on) and counted; ``max_nonfinite_steps`` of them in a row save the step's micro-batches to
 ``out_dir/debug`` (safetensors) and raise :class:`NonFiniteLossError`. A stop request writes a
 checkpoint at the end of the step and returns. Metric sums stay on the device between log lines;
-logging reduces them across processes.
+logging reduces them across processes. The same synchronisation carries the data guard's verdict
+(:mod:`fourm.training.data_guard`): data that are wholly or mostly dropped as invalid or unreadable
+stop the run with :class:`~fourm.training.data_guard.InvalidDataError` instead of a NaN loss.
+
+One run per ``out_dir``: the main process holds its lock (:class:`fourm.locking.FolderLock`) from
+construction to :meth:`Trainer.close`; a second trainer on the folder raises ``FolderLockedError``.
 
 Exact resume: the data of a step are a pure function of the stream's position, which the
 checkpoint holds; torch's global generator is re-seeded from (seed, step, rank) before every step
@@ -43,7 +48,9 @@ from tqdm import tqdm  # text bars everywhere (tqdm.auto warns in notebooks with
 
 from fourm.config import ConfigError, from_dict, save_json_atomic, to_dict
 from fourm.data.shard_reader import SKIP_REASONS
+from fourm.locking import FolderLock
 from fourm.training import checkpoint as ckpt
+from fourm.training.data_guard import DataGuard, InvalidDataError
 from fourm.training.distributed import build_accelerator
 from fourm.training.metrics import JsonlWriter, LogInterval, MetricsLog, truncate_jsonl
 from fourm.training.optim import build_optimizer, build_scheduler
@@ -111,7 +118,9 @@ class Trainer:
     Args:
         task: a :class:`~fourm.training.task.TrainTask` (``FourMTask(cfg)``, ``TokenizerTask(cfg)``).
         resume: None (fresh run; an existing checkpoint in out_dir is an error), ``"auto"`` (the
-            newest checkpoint of ``out_dir`` if any) or a checkpoint folder.
+            newest intact checkpoint of ``out_dir`` if any; newer incomplete or corrupt ones are
+            skipped with a warning and deleted at the next save) or a checkpoint folder (an
+            incomplete or corrupt one raises ``CheckpointError``).
         progress: override ``config.logging.progress``.
     """
 
@@ -123,12 +132,25 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.accelerator = acc = build_accelerator(cfg.precision, cfg.distributed, task.fsdp_blocks)
         self.rank, self.world_size, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
+        # one run per out_dir: the main process holds its lock from here to close()
+        self._lock = FolderLock(self.out_dir, f"fourm {task.name} training", "out_dir") if self.is_main else None
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._build(resume, progress)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+
+    def _build(self, resume: str | None, progress: bool | None) -> None:
+        task, cfg, acc = self.task, self.config, self.accelerator
         self.fsdp = acc.distributed_type.name == "FSDP"
         if cfg.distributed.strategy == "fsdp" and not self.fsdp:
             logger.warning("distributed.strategy=fsdp with a single process: training unsharded")
         self.progress = cfg.logging.progress if progress is None else progress
         task.setup(RunContext(acc, self.rank, self.world_size, self.is_main))
-        self.resume_from = ckpt.resolve_resume(resume, self.out_dir)
+        self.resume_from, self.skipped_checkpoints = ckpt.resolve_resume(resume, self.out_dir)
         if resume is None and ckpt.latest_checkpoint(self.out_dir) is not None:
             raise FileExistsError(f"{self.out_dir} already holds checkpoints; pass --resume auto to continue that "
                                   "run, or choose another out_dir")
@@ -151,6 +173,8 @@ class Trainer:
         self._fit_t0: float | None = None
         self.base_skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.base_invalid = 0
+        self.guard = DataGuard(cfg.data_check, self.rank)
+        self._target: int | None = None  # the step fit() runs to (the data guard's last step)
         self.interval = LogInterval(len(self.metric_names), acc.device)
         if state is not None:
             self._load_state(state)
@@ -213,6 +237,7 @@ class Trainer:
         for i in range(accum):
             mb = self.data.next()
             kept.append(mb)
+            self.guard.update(mb)
             if self.sample_log is not None:
                 self.sample_log.write({"step": self.step + 1, "micro": i, "source": mb.source, "epoch": mb.epoch,
                                        "chunk": mb.chunk, "keys": mb.keys})
@@ -233,11 +258,17 @@ class Trainer:
                 micro, tokens, samples = micro + 1, tokens + mb.num_tokens, samples + mb.samples
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
         grad_norm = torch.as_tensor(acc.clip_grad_norm_(self.model.parameters(), clip), device=dev).float()
+        data_problem = self.guard.problem(final=self._target is not None and self.step + 1 >= self._target)
         flags = torch.stack([(~torch.isfinite(objective) | ~torch.isfinite(grad_norm)).float(),
-                             torch.tensor(float(self._signals.signum is not None), device=dev)])
+                             torch.tensor(float(self._signals.signum is not None), device=dev),
+                             torch.tensor(float(data_problem is not None), device=dev)])
         if self.world_size > 1:
             flags = acc.reduce(flags, "sum")
-        bad, stop = (v > 0 for v in flags.tolist())  # the step's one host synchronisation
+        bad, stop, data_bad = (v > 0 for v in flags.tolist())  # the step's one host synchronisation
+        if data_bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise InvalidDataError(f"step {self.step + 1}: "
+                                   + (data_problem or "another process stopped on its data (see its error)"))
         if bad:
             self.nonfinite_steps += 1
             self.nonfinite_in_a_row += 1
@@ -384,7 +415,9 @@ class Trainer:
             except BaseException:
                 writer.abort()
                 raise
-            ckpt.prune_checkpoints(self.out_dir, self.config.checkpoint.keep_last)
+            ckpt.prune_checkpoints(self.out_dir, self.config.checkpoint.keep_last,
+                                   also=[p for p in self.skipped_checkpoints if p != path])
+            self.skipped_checkpoints = []
         self.accelerator.wait_for_everyone()
         return path
 
@@ -429,6 +462,7 @@ class Trainer:
         cfg, t_start = self.config, time.perf_counter()
         self._fit_t0 = t_start
         target = cfg.steps if until_step is None else min(int(until_step), cfg.steps)
+        self._target = target
         self._open_logs()
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.task.name}", unit="step",
                    dynamic_ncols=True, disable=not (self.progress and self.is_main))
@@ -475,9 +509,13 @@ class Trainer:
                             self.is_main)
 
     def close(self) -> None:
-        """Stop data workers (also done when the process exits)."""
-        self.data.close()
-        self.task.close()
+        """Stop data workers (also done when the process exits) and give back the lock on out_dir."""
+        try:
+            self.data.close()
+            self.task.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
 
 def run(task: TrainTask, resume: str | None = None, until_step: int | None = None,
