@@ -99,9 +99,9 @@ class TokenizerTrainConfig(RunConfig):
             raise ConfigError(f"data.source 'photos' gives rgb images only, but tokenizer {t.modality!r} stores "
                               f"{t.kind}; use data.source: generator or shards")
         if self.data.source == "photos" and t.needs_objects:
-            raise ConfigError(f"tokenizer.loss.object_weight={t.loss.object_weight} needs semseg maps, which "
-                              "data.source 'photos' does not have; use data.source: generator or shards, or drop "
-                              "loss.object_weight")
+            raise ConfigError(f"tokenizer.loss.object_weight={t.loss.object_weight} / tokenizer.loss.background="
+                              f"{t.loss.background!r} need semseg maps, which data.source 'photos' does not have; "
+                              "use data.source: generator or shards, or drop them")
         if self.data.source != "photos" and self.val is not None and self.val.seed == self.data.seed:
             raise ConfigError(f"val.seed={self.val.seed} equals data.seed; held-out scenes need another seed")
 

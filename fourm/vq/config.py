@@ -19,6 +19,7 @@ from fourm.vq.normalize import IMAGE_KINDS, NormalizeConfig
 from fourm.vq.quantizers import QuantizerConfig
 
 DECODER_KINDS = ("conv", "diffusion")
+BACKGROUND_TARGETS = ("image", "row_mean")  # loss.background: what the decoder draws where there is no object
 
 
 
@@ -94,12 +95,23 @@ class LossConfig:
     dominate and shapes blur into blobs. Training then needs to know the object pixels (from the
     scenes' semseg maps: data.source generator or shards); see
     :func:`fourm.vq.losses.object_weight_map`.
+
+    ``background`` (rgb only) is what the decoder is asked to draw where there is no object:
+    ``image`` (default) the pixels as they are; ``row_mean`` each pixel row's mean background
+    colour (:func:`fourm.vq.losses.row_mean_background`), which drops ground texture and keeps the
+    sky gradient and the horizon. ``invariance`` (with ``row_mean``; default 0 = off) adds
+    ``invariance * (1 - cos)`` between each latent and the (stop-gradient) latent of the same image
+    with that plain background, so that texture does not pick the code. Both make background codes
+    predictable for a FourM (experiments/tokenizer_proxies/README.md) at some cost in PSNR; both
+    need the object pixels, like ``object_weight``.
     """
 
     l1: float | None = None
     mse: float | None = None
     cross_entropy: float | None = None
     object_weight: float | None = None
+    background: str = "image"
+    invariance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +182,23 @@ class TokenizerConfig:
                 raise ValueError(f"loss.object_weight={ow} applies to rgb only, not {self.modality}{stored}; remove it")
             if not (isinstance(ow, (int, float)) and math.isfinite(ow) and ow >= 0):
                 raise ValueError(f"loss.object_weight={ow!r}: must be a finite number >= 0 (0 = off; e.g. 4)")
+        self._check_background()
+
+    def _check_background(self) -> None:
+        bg, inv = self.loss.background, self.loss.invariance
+        if bg not in BACKGROUND_TARGETS:
+            raise ValueError(f"loss.background={bg!r}: must be one of {', '.join(BACKGROUND_TARGETS)}")
+        if bg != "image" and self.kind != "rgb":
+            raise ValueError(f"loss.background={bg!r} applies to rgb only, not {self.modality}; remove it")
+        if bg != "image" and self.decoder.kind == "diffusion":
+            raise ValueError(f"loss.background={bg!r} needs the conv decoder (decoder.kind: conv), whose target it "
+                             "replaces; the diffusion decoder denoises the image itself")
+        if inv is not None:
+            if not (isinstance(inv, (int, float)) and math.isfinite(inv) and inv >= 0):
+                raise ValueError(f"loss.invariance={inv!r}: must be a finite number >= 0 (0 = off; e.g. 30)")
+            if inv and bg == "image":
+                raise ValueError(f"loss.invariance={inv} pulls latents toward those of the image with a plain "
+                                 "background: set loss.background: row_mean too")
 
     def _check_diffusion(self) -> None:
         dc = self.decoder.diffusion
@@ -200,5 +229,6 @@ class TokenizerConfig:
 
     @property
     def needs_objects(self) -> bool:
-        """Whether training needs the object pixels of each image (``loss.object_weight`` > 0)."""
-        return self.kind == "rgb" and bool(self.loss.object_weight)
+        """Whether training needs the object pixels of each image (``loss.object_weight`` > 0, or
+        a ``loss.background`` other than ``image``)."""
+        return self.kind == "rgb" and (bool(self.loss.object_weight) or self.loss.background != "image")

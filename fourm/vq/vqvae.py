@@ -40,7 +40,7 @@ from fourm.config import from_dict, save_json_atomic, to_dict
 from fourm.vq.config import TokenizerConfig
 from fourm.vq.convnets import Decoder, Encoder
 from fourm.vq.diffusion import check_steps
-from fourm.vq.losses import object_weight_map, reconstruction_loss
+from fourm.vq.losses import latent_invariance, object_weight_map, reconstruction_loss, row_mean_background
 from fourm.vq.normalize import as_tensor, build_normalizer
 from fourm.vq.quantizers import build_quantizer
 
@@ -54,7 +54,7 @@ class TokenizerOutput(NamedTuple):
     """Result of a training forward pass.
 
     Shapes:
-        loss: () total loss = reconstruction + quantizer loss.
+        loss: () total loss = reconstruction + quantizer loss (+ ``loss.invariance`` term).
         recon_loss: () reconstruction loss (diffusion decoder: the denoising MSE).
         quant_loss: () quantizer loss (commitment).
         codes: (B, h, w) int64.
@@ -189,33 +189,44 @@ class ImageTokenizer(nn.Module):
         Args:
             images: the stored-format batch.
             objects: (B, H, W) bool, the object pixels of the same images; required exactly when
-                ``loss.object_weight`` > 0 (rgb), which weighs them (:func:`object_weight_map`).
+                ``loss.object_weight`` > 0 (rgb), which weighs them (:func:`object_weight_map`), or
+                ``loss.background`` is not ``image`` (:func:`row_mean_background`).
             generator: noise and timesteps of the diffusion decoder's loss, on the tokenizer's
                 device (None: torch's global RNG, which the trainer seeds and checkpoints);
                 unused by the conv decoder.
         """
+        loss_cfg = self.config.loss
         if self.config.needs_objects and objects is None:
-            raise ValueError(f"loss.object_weight={self.config.loss.object_weight} needs the images' object pixels: "
-                             "call forward(images, objects=...)")
+            raise ValueError(f"loss.object_weight={loss_cfg.object_weight} / loss.background={loss_cfg.background!r} "
+                             "need the images' object pixels: call forward(images, objects=...)")
         if objects is not None and not self.config.needs_objects:
-            raise ValueError("objects were given but loss.object_weight is not set (> 0); they would be unused")
+            raise ValueError("objects were given but neither loss.object_weight (> 0) nor loss.background (not "
+                             "image) is set; they would be unused")
         x, _ = self.normalizer.check(images)
         self._check_size(x)
         x = self.normalizer.to_model(x.to(self.device))
-        weights = None
+        weights, target = None, x  # target: normalised values or class ids
         if objects is not None:
             if tuple(objects.shape) != (x.shape[0], *x.shape[-2:]):
                 raise ValueError(f"objects has shape {tuple(objects.shape)}; expected {(x.shape[0], *x.shape[-2:])} "
                                  "(one mask per image, same size)")
-            weights = object_weight_map(objects.to(self.device), self.config.loss_weights["object_weight"])
+            objects = objects.to(self.device)
+            weights = object_weight_map(objects, self.config.loss_weights["object_weight"])
+            if loss_cfg.background == "row_mean":
+                target = row_mean_background(x, objects)  # (B, C, H, W), plain background
         z = self.forward_encoder(x)  # (B, D, h, w)
         q = self.quantizer(z)
         if self.is_diffusion:  # denoising loss at a random timestep; output is the UNet's prediction
             recon, output = self.decoder(x, q.quantized, weights, generator)
         else:
             output = self.forward_decoder(q.quantized)  # (B, C_out, H, W)
-            recon = self.forward_loss(output, x, weights)  # x is the target: normalised values or class ids
-        return TokenizerOutput(recon + q.loss, recon.detach(), q.loss.detach(), q.codes, output)
+            recon = self.forward_loss(output, target, weights)
+        loss = recon + q.loss
+        if loss_cfg.invariance:
+            with torch.no_grad():
+                z_plain = self.forward_encoder(target)  # the same images with a plain background
+            loss = loss + loss_cfg.invariance * latent_invariance(z, z_plain)
+        return TokenizerOutput(loss, recon.detach(), q.loss.detach(), q.codes, output)
 
     # public API ---------------------------------------------------------------------------------
     @torch.no_grad()
