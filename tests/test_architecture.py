@@ -3,7 +3,7 @@
 Every ``import`` and ``from ... import`` in fourm/ counts, also those inside functions (they import
 just the same, only later). The floors, from the ground up (docs/architecture.md draws them):
 
-    core        fourm (package), atomic, config, modalities
+    core        fourm (package), atomic, config, hub, modalities
     vq          tokenizer models, quantizers, text and boxes
     data        ShapesWorld, shards, photos, image sources, data set tokenisation
     masking     token budgets and span masking
@@ -28,7 +28,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("training",), ("cli",),
 )
 RANK = {name: i for i, names in enumerate(FLOORS) for name in names}
-CORE = {"fourm", "fourm.atomic", "fourm.config", "fourm.modalities"}
+CORE = {"fourm", "fourm.atomic", "fourm.config", "fourm.hub", "fourm.modalities"}
 CLI = {"fourm.cli", "fourm.evaluation.demo"}
 
 

@@ -49,6 +49,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from fourm.atomic import atomic_write
+from fourm.hub import CardInfo, PushToHubMixin, resolve_pretrained, write_model_card
 from fourm.models.blocks import ATTENTION_BACKENDS, Attention, Block, CrossAttention, DecoderBlock, LayerNorm
 from fourm.models.config import FourMConfig
 from fourm.models.cpu_memory import head_cross_entropy
@@ -206,7 +207,7 @@ def _key_mask(is_valid: Tensor) -> Tensor:
     return (is_valid | ~is_valid.any(1, keepdim=True))[:, None, None, :]
 
 
-class FourM(nn.Module):
+class FourM(nn.Module, PushToHubMixin):
     """The 4M encoder-decoder.
 
     Args:
@@ -487,14 +488,32 @@ class FourM(nn.Module):
         return EncoderFeatures(feats, sel.is_valid, pooled, per_mod, sel)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    def model_card(self) -> CardInfo:
+        """The default model card of :meth:`save_pretrained` and ``push_to_hub``: front matter
+        (library, licence, tags, pipeline ``any-to-any``) and the architecture in one paragraph."""
+        c = self.config
+        mods = ", ".join(f"`{m.name}` ({m.kind}{'' if m.vocab_size is None else f', {m.vocab_size} codes'}"
+                         f"{'' if m.encoder else ', output only'}{'' if m.decoder else ', input only'})"
+                         for m in c.modalities)
+        params = sum(p.numel() for p in self.parameters())
+        summary = (f"A FourM any-to-any masked model (4M, Mizrahi et al. 2023): width {c.dim}, {c.encoder_depth} "
+                   f"encoder and {c.decoder_depth} decoder blocks, {c.num_heads} heads, {params / 1e6:.1f} M "
+                   f"parameters. Modalities: {mods}.\n\n"
+                   "```python\nfrom fourm.models import FourM\nmodel = FourM.from_pretrained(\"<this repo or folder>\")\n```")
+        return CardInfo(title="FourM", summary=summary, pipeline_tag="any-to-any",
+                        tags=("4m", "any-to-any", "multimodal", "masked-modeling"))
+
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None, *,
+                        card: CardInfo | None = None) -> Path:
         """Write ``config.json`` (with format name and version) and ``model.safetensors`` into
-        directory ``path``, each atomically.
+        directory ``path``, each atomically, and a model card ``README.md``.
 
         Args:
             path: the directory.
             dtype: store floating-point tensors in this dtype (e.g. ``torch.float16`` halves the
                 file); :meth:`from_pretrained` loads them back as float32. None keeps them as they are.
+            card: the model card; default :meth:`model_card`, written only when the folder has no
+                ``README.md`` yet (a card given here replaces it).
         """
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"dtype={dtype}; allowed: a floating-point dtype (e.g. torch.float16) or None")
@@ -507,12 +526,28 @@ class FourM(nn.Module):
         atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
         cfg = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": self.config.to_dict()}
         atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
+        write_model_card(path, card or self.model_card(), overwrite=card is not None)
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "FourM":
-        """Load a directory written by :meth:`save_pretrained`; keys must match exactly."""
-        path = Path(path)
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, device: str | torch.device = "cpu", *,
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                        token: str | bool | None = None, local_files_only: bool = False,
+                        force_download: bool = False) -> "FourM":
+        """Load a folder written by :meth:`save_pretrained`, or a Hub repo id holding one; keys must
+        match exactly.
+
+        Args:
+            path_or_repo_id: a folder, or a Hub repo id (``owner/name``; see :mod:`fourm.hub`).
+            device: where the weights are loaded.
+            revision, cache_dir, token, local_files_only, force_download: for a repo id, as in
+                :func:`fourm.hub.resolve_pretrained` (branch / tag / commit, cache folder ...).
+        """
+        path = resolve_pretrained(path_or_repo_id, what="a folder written by FourM.save_pretrained", revision=revision,
+                                  cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                                  force_download=force_download, allow_patterns=["*.json", "*.safetensors", "*.md"])
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json; expected a folder written by FourM.save_pretrained")
         cfg = json.loads((path / "config.json").read_text())
         if cfg.get("format") != FORMAT_NAME or cfg.get("format_version") not in READS_VERSIONS:
             raise ValueError(f"{path / 'config.json'}: format {cfg.get('format')!r} version {cfg.get('format_version')!r}; "
