@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 try:  # optional; only used on CUDA
@@ -147,19 +148,16 @@ class Attention(nn.Module):
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v of ``x``, each (B, H, N, hd). A KV cache appends k and v along N."""
-        B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, N, hd) each
+        q, k, v = rearrange(self.qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.num_heads)  # (B, H, N, hd) each
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Args: x (B, N, D); mask bool (B, 1, N, N) or broadcastable, True = may attend."""
-        B, N, D = x.shape
         q, k, v = self.project_qkv(x)
         out = attention(q, k, v, mask, self.backend)  # (B, H, N, hd)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
 class CrossAttention(nn.Module):
@@ -186,9 +184,7 @@ class CrossAttention(nn.Module):
 
     def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of an (already normalised) context (B, N, D) -> 2 x (B, H, N, hd)."""
-        B, N, D = context.shape
-        kv = self.kv(context).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        k, v = kv.unbind(0)  # (B, H, N, hd)
+        k, v = rearrange(self.kv(context), "b n (kv h d) -> kv b h n d", kv=2, h=self.num_heads)  # (B, H, N, hd)
         if self.k_norm is not None:
             k = self.k_norm(k)
         return k, v
@@ -197,13 +193,12 @@ class CrossAttention(nn.Module):
                 kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Args: x (B, M, D) queries; context (B, N, D) or precomputed ``kv``; mask bool
         (B, 1, 1, N) or (B, 1, M, N), True = may attend."""
-        B, M, D = x.shape
-        q = self.q(x).reshape(B, M, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, M, hd)
+        q = rearrange(self.q(x), "b m (h d) -> b h m d", h=self.num_heads)  # (B, H, M, hd)
         if self.q_norm is not None:
             q = self.q_norm(q)
         k, v = kv if kv is not None else self.context_kv(context)
         out = attention(q, k, v, mask, self.backend)  # (B, H, M, hd)
-        return self.proj(out.transpose(1, 2).reshape(B, M, D))
+        return self.proj(rearrange(out, "b h m d -> b m (h d)"))
 
 
 def _mlp(dim: int, mlp_ratio: float, gated: bool, act: str, bias: bool) -> nn.Module:
