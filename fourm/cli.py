@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from fourm.config import ConfigError
 
@@ -22,6 +24,37 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fourm.evaluation.commands",  # fourm eval, fourm tokenizer eval
     "fourm.evaluation.demo",  # fourm demo
 )
+
+
+T = TypeVar("T")
+# The trained assets a fourm checkout ships, relative to its root. The package does not contain them:
+# a command run from the checkout finds them, anywhere else --model / --tokenizers name them.
+BUNDLED_MODEL = "models/shapes_bundled"
+BUNDLED_TOKENIZERS = "tokenizers/shapes64"
+
+
+def bundled_default(given: str | None, flag: str, default: str) -> str:
+    """What ``flag`` names: ``given`` as is (a folder or a Hub repo id) or, when it was left out,
+    ``default`` (``BUNDLED_MODEL``, ``BUNDLED_TOKENIZERS``) in the working directory.
+
+    Raises:
+        FileNotFoundError: ``flag`` was left out and the working directory is not a fourm checkout;
+            the one-line message says which flag to pass.
+    """
+    if given is not None:
+        return given
+    if Path(default).is_dir():
+        return default
+    raise FileNotFoundError(f"{flag} not given and ./{default} does not exist here ({Path.cwd()}); run from a fourm "
+                            f"checkout or pass {flag} FOLDER_OR_HUB_REPO_ID")
+
+
+def for_flag(flag: str, load: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``load(*args, **kwargs)``, with a missing file or folder reported as ``"{flag} <message>"``."""
+    try:
+        return load(*args, **kwargs)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{flag} {str(e).strip(chr(39))}") from None
 
 
 def command_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:

@@ -77,9 +77,9 @@ def resolve_pretrained(path_or_repo_id: str | os.PathLike, *, what: str, revisio
         return folder
     name = str(path_or_repo_id)
     if folder.exists():
-        raise FileNotFoundError(f"{name!r} is a file; expected {what}")
+        raise FileNotFoundError(f"{name}: a file; expected {what}")
     if not looks_like_repo_id(name):
-        raise FileNotFoundError(f"{name!r} is neither a folder (working directory {Path.cwd()}) nor a Hub repo id "
+        raise FileNotFoundError(f"{name}: no such folder (working directory {Path.cwd()}), and not a Hub repo id "
                                 f"(owner/name); expected {what}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
@@ -94,7 +94,7 @@ def resolve_pretrained(path_or_repo_id: str | os.PathLike, *, what: str, revisio
     except (LocalEntryNotFoundError, HfHubHTTPError, HFValidationError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         at = f" at revision {revision!r}" if revision else ""
-        raise FileNotFoundError(f"{name!r} is not a folder (working directory {Path.cwd()}), and Hub repo {name!r}{at} "
+        raise FileNotFoundError(f"{name}: no such folder (working directory {Path.cwd()}), and Hub repo {name!r}{at} "
                                 f"could not be loaded ({type(e).__name__}: {first}); expected {what}, or a repo id "
                                 "that is in the Hub cache (offline) or reachable") from e
 

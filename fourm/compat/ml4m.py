@@ -41,7 +41,8 @@ from fourm.modalities import ModalitySpec, ml4m_modalities
 from fourm.models.config import MODEL_SIZES, FourMConfig
 from fourm.atomic import atomic_write
 from fourm.hub import resolve_pretrained
-from fourm.models.fourm import FourM, FourMOutput, unalias_state_dict
+from fourm.models.files import unalias_state_dict
+from fourm.models.fourm import FourM, FourMOutput
 
 REFERENCE_POS_ROWS = 512  # the reference's max_sincos_pos_emb; sequence pos buffers keep all rows
 # Keys of the reference's FM(config) dict. Settings that only matter for training are accepted
@@ -178,6 +179,13 @@ def add_reference_tables(model: FourM) -> FourM:
         if spec.kind == "image" and not hasattr(emb, "token_emb"):
             emb.token_emb = nn.Embedding(spec.vocab_size, model.config.dim, device=model.mask_token.device)
     return model
+
+
+def has_reference_tables(model: FourM) -> bool:
+    """Whether ``model`` was built for a reference checkpoint (:func:`add_reference_tables`), which
+    also says that its pixel inputs take ImageNet-normalised images."""
+    return any(hasattr(emb, "token_emb") for name, emb in model.decoder_embeddings.items()
+               if model.specs[name].kind == "image")
 
 
 def build_on_meta(cfg: Mapping) -> FourM:

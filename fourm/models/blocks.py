@@ -4,9 +4,9 @@ Module and parameter names follow the 4M reference (``norm1``, ``attn.qkv``, ``c
 ``mlp.fc1/fc2/fc3``, ``query_norm``, ``context_norm``) so that its checkpoints load by key.
 
 Masks are positive: ``True`` means "may attend". Attention runs through
-``torch.nn.functional.scaled_dot_product_attention``; on CUDA, xformers can be chosen with
-``backend="xformers"`` (or ``"auto"``) and falls back to SDPA when it is not installed.
-Callers must make sure every query row has at least one key it may attend to (``FourM`` does).
+:func:`fourm.models.attention_kernels.attention`: SDPA, or xformers on CUDA (each attention module's
+``backend``, set by ``FourM.set_attention_backend``). Callers must make sure every query row has at
+least one key it may attend to (``FourM`` does).
 """
 from __future__ import annotations
 
@@ -15,48 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-try:  # optional; only used on CUDA
-    import xformers.ops as _xops
-except Exception:  # noqa: BLE001 - any import failure means "not available"
-    _xops = None
-
-ATTENTION_BACKENDS: tuple[str, ...] = ("sdpa", "xformers", "auto")
-
-
-def xformers_available() -> bool:
-    """Whether ``xformers.ops`` imported."""
-    return _xops is not None
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, backend: str = "sdpa") -> Tensor:
-    """Scaled dot-product attention with a boolean "may attend" mask.
-
-    Args:
-        q, k, v: queries, keys and values.
-        mask: boolean, ``True`` = may attend; broadcastable to (B, H, Nq, Nk). ``None`` = all.
-        backend: ``"sdpa"``, ``"xformers"`` (CUDA only, SDPA otherwise) or ``"auto"``.
-
-    Returns:
-        The attended values.
-
-    Shapes:
-        q (B, H, Nq, hd), k and v (B, H, Nk, hd) -> (B, H, Nq, hd).
-    """
-    if backend != "sdpa" and _xops is not None and q.is_cuda:
-        B, H, Nq, hd = q.shape
-        Nk = k.shape[2]
-        bias = None
-        if mask is not None:
-            # xformers wants an additive (B, H, Nq, Nk) bias whose last dim is 8-aligned in memory
-            pad = (Nk + 7) // 8 * 8
-            bias = q.new_zeros(B, H, Nq, pad)[..., :Nk]
-            bias.masked_fill_(~mask.expand(B, H, Nq, Nk), float("-inf"))
-        out = _xops.memory_efficient_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias
-        )  # (B, Nq, H, hd)
-        return out.transpose(1, 2)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
+from fourm.models.attention_kernels import attention
 
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias. Without bias a zero ``bias`` buffer is kept, so that the
@@ -137,7 +96,7 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.backend = "sdpa"
+        self.backend = "sdpa"  # or "xformers": see fourm.models.attention_kernels
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         if qk_norm:
@@ -172,7 +131,7 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.backend = "sdpa"
+        self.backend = "sdpa"  # or "xformers": see fourm.models.attention_kernels
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
