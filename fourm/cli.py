@@ -5,11 +5,16 @@ function; this file only lists those modules, so the entry point stays small and
 options live next to the code they drive. A group of subcommands that several modules fill
 (``fourm tokenizer train`` is the trainer's, ``fourm tokenizer eval`` the evaluation's) comes from
 :func:`command_group`.
+
+Library messages go through :mod:`logging` (fourm's at INFO, other libraries' at WARNING); ``-v``
+(fourm DEBUG, others INFO), ``-vv`` (everything DEBUG) and ``-q`` (errors only) change that, before
+or after the subcommand (``fourm -v train ...`` or ``fourm train ... -v``).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -68,19 +73,51 @@ def command_group(subparsers: argparse._SubParsersAction, name: str, help: str) 
     return parser.get_default("_subcommands")
 
 
+def _finish(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``-v`` / ``-q`` on ``parser`` and, recursively, on its subcommands (where they do not
+    overwrite what was given before the subcommand); a subcommand without a description shows its
+    help line as one."""
+    default = 0 if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="count", default=default,
+                        help="more log messages: -v (fourm DEBUG, other libraries INFO), -vv (all DEBUG)")
+    parser.add_argument("-q", "--quiet", action="count", default=default, help="log errors only")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for verb, sub in action.choices.items():
+                if not sub.description and helps.get(verb):
+                    sub.description = helps[verb][0].upper() + helps[verb][1:] + "."
+                _finish(sub, top=False)
+
+
+def configure_logging(verbosity: int) -> None:
+    """Send log records to stderr: fourm's from INFO and other libraries' from WARNING at
+    ``verbosity`` 0; DEBUG / INFO at 1; all DEBUG at 2 or more; errors only below 0."""
+    fourm_level, root_level = ((logging.ERROR, logging.ERROR) if verbosity < 0 else (logging.INFO, logging.WARNING)
+                               if verbosity == 0 else (logging.DEBUG, logging.INFO) if verbosity == 1
+                               else (logging.DEBUG, logging.DEBUG))
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(root_level)
+    logging.getLogger("fourm").setLevel(fourm_level)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fourm`` parser with every registered subcommand."""
     parser = argparse.ArgumentParser(prog="fourm", description="Any-to-any multimodal masked modeling.")
     parser.add_argument("--version", action="version", version=f"fourm {importlib.import_module('fourm').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).register(sub)
+    _finish(parser, top=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``fourm`` command; returns its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.verbose - args.quiet)
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

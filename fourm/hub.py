@@ -82,7 +82,7 @@ def resolve_pretrained(path_or_repo_id: str | os.PathLike, *, what: str, revisio
         raise FileNotFoundError(f"{name}: no such folder (working directory {Path.cwd()}), and not a Hub repo id "
                                 f"(owner/name); expected {what}")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.utils import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     import fourm
 

@@ -68,9 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tz.add_argument("--keep", default="",
                     help="comma-separated raw fields copied into the token shards, e.g. rgb for a model with rgb "
                          "pixel input (default: none)")
-    tz.add_argument("--batch-size", type=int, default=64)
-    tz.add_argument("--device", default="cpu")
-    tz.add_argument("--no-progress", action="store_true")
+    tz.add_argument("--batch-size", type=int, default=64, help="samples encoded together (default 64)")
+    tz.add_argument("--device", default="cpu", help="torch device of the tokenizers (default cpu)")
+    tz.add_argument("--no-progress", action="store_true", help="no progress bar")
     tz.set_defaults(func=cmd_tokenize)
 
 

@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--seed", type=int, required=True, help="world seed of the scenes (one never used in training)")
     ev.add_argument("--num-samples", type=int, default=256, help="number of scenes (default 256)")
     ev.add_argument("--image-size", type=int, default=None, help="scene size in px (default: the training size)")
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--batch-size", type=int, default=64, help="scenes reconstructed together (default 64)")
     ev.add_argument("--device", default="cpu", help="torch device (default cpu)")
     ev.add_argument("--json", default=None, help="write the results to this JSON file")
     ev.add_argument("--no-parser", action="store_true",
