@@ -21,7 +21,6 @@ def test_no_python_in_tokenizer_assets():
 
 def test_cli_help_lists_commands(capsys):
     from fourm.cli import main
-    import pytest
 
     with pytest.raises(SystemExit) as e:
         main(["--help"])

@@ -1,7 +1,6 @@
 """Experiment trackers through accelerate (logging.trackers), beside metrics.jsonl; CLI logging levels."""
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
