@@ -55,7 +55,14 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> dict:
                                   decoder_depth=1, num_heads=2, seq_pos_len=512), seed=3).eval()
     save_ml4m(reference, staging / "ref")
     publish(hub, "EPFL-VILAB/4M-7_B_CC12M", staging / "ref")
-    return {"dir": hub, "models": models, "commits": commits, "rgb": rgb, "reference": reference}
+    mods21 = ml4m_modalities("4m21")
+    mods21 = ml4m_modalities("4m21", {m.name: 32 for m in mods21 if m.vocab_size})
+    reference21 = FourM(FourMConfig(modalities=mods21, dim=16, encoder_depth=1, decoder_depth=1, num_heads=2,
+                                    seq_pos_len=512), seed=4).eval()
+    save_ml4m(reference21, staging / "ref21")
+    publish(hub, "EPFL-VILAB/4M-21_B", staging / "ref21")
+    return {"dir": hub, "models": models, "commits": commits, "rgb": rgb, "reference": reference,
+            "reference21": reference21}
 
 
 @pytest.fixture
@@ -73,7 +80,7 @@ def test_the_test_cache_is_what_huggingface_hub_reads(cache):
     info = huggingface_hub.scan_cache_dir(cache["dir"])
     repos = {r.repo_id: r for r in info.repos}
     assert set(repos) == {"fourm-test/tiny", "fourm-test/tokenizers", "fourm-test/rgb", "fourm-test/text",
-                          "EPFL-VILAB/4M-7_B_CC12M"}
+                          "EPFL-VILAB/4M-7_B_CC12M", "EPFL-VILAB/4M-21_B"}
     tiny = repos["fourm-test/tiny"]
     assert {c for r in tiny.revisions for c in r.refs} == {"main", "v1"}
     assert {r.commit_hash for r in tiny.revisions} == set(cache["commits"].values())
@@ -107,12 +114,13 @@ def test_tokenizers_by_repo_id_offline(cache, offline):
 
 
 def test_reference_checkpoint_by_release_name_and_repo_id_offline(cache, offline):
-    by_name = load_ml4m("4M-7_B_CC12M")  # read as EPFL-VILAB/4M-7_B_CC12M
-    by_id = load_ml4m("EPFL-VILAB/4M-7_B_CC12M", revision="main")
-    theirs = cache["reference"].state_dict()
-    for model in (by_name, by_id):
-        mine = model.state_dict()  # also holds the reference's unused token tables of image targets
-        assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    loaded = [(load_ml4m("4M-7_B_CC12M"), cache["reference"]),  # read as EPFL-VILAB/4M-7_B_CC12M
+              (load_ml4m("EPFL-VILAB/4M-7_B_CC12M", revision="main"), cache["reference"]),
+              (load_ml4m("4M-21_B"), cache["reference21"])]
+    for model, reference in loaded:
+        mine, theirs = model.state_dict(), reference.state_dict()  # mine also holds the unused image-target tables
+        assert model.config == reference.config and all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert "tok_dinov2@224" in loaded[2][0].specs and "tok_dinov2@224" not in loaded[0][0].specs
     with pytest.raises(FileNotFoundError, match="4M-21_XL"):
         load_ml4m("4M-21_XL")  # a released name that is not in this cache
 
