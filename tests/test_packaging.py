@@ -1,8 +1,19 @@
-"""The top-level tokenizers/ folder holds assets only and must never shadow Hugging Face's package."""
+"""Packaging: the tokenizers/ assets never shadow Hugging Face's package; pyproject dependencies match what
+fourm/ imports; one version source; help on every verb and option; the wheel installed elsewhere runs."""
 from __future__ import annotations
 
+import argparse
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
+import pytest
 import tokenizers
 
 from conftest import REPO
@@ -39,18 +50,6 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
 
 
 # ---- pyproject, imports, the command ------------------------------------------------------------
-import argparse  # noqa: E402
-import ast  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tomllib  # noqa: E402
-import zipfile  # noqa: E402
-
-import pytest  # noqa: E402
-
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # distribution name -> the module fourm imports, where they differ
 MODULE_OF = {"pillow": "PIL", "pyyaml": "yaml", "vector-quantize-pytorch": "vector_quantize_pytorch",
