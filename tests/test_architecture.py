@@ -12,7 +12,7 @@ just the same, only later). The floors, from the ground up (docs/architecture.md
     generation  the sampler, guidance, chains, decoding
     evaluation  scores, the benchmark
     training    the single trainer and its tasks
-    cli         fourm.cli, every ``commands`` module and the demo: entry points, may import anything
+    cli         fourm.cli, fourm.__main__, every ``commands`` module and the demo: entry points, may import anything
 
 A module may import its own package and any lower floor.
 """
@@ -29,7 +29,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
 )
 RANK = {name: i for i, names in enumerate(FLOORS) for name in names}
 CORE = {"fourm", "fourm.atomic", "fourm.config", "fourm.hub", "fourm.modalities"}
-CLI = {"fourm.cli", "fourm.evaluation.demo"}
+CLI = {"fourm.cli", "fourm.__main__", "fourm.evaluation.demo"}
 
 
 def modules() -> dict[str, Path]:
