@@ -1,12 +1,19 @@
 """Shard write / read throughput on synthetic ShapesWorld-like samples (prints figures, asserts nothing).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/shard_io.py --num-samples 2000 --image-size 64
+
+Each read line gives samples per second of wall time and per second of CPU time (this process and
+its DataLoader workers, which have exited when the line is printed). On a machine shared with other
+jobs the wall figure swings with their load; the CPU figure is the steadier one to compare.
+To compare two versions of the reader, run this script with PYTHONPATH pointing at each checkout.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +39,19 @@ def synthetic_sample(i: int, size: int) -> dict:
 
 def stack_images(batch: list[dict]) -> dict:
     return {k: torch.stack([s[k] for s in batch]) for k in ("rgb", "semseg", "depth")}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have exited (DataLoader workers)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def report(label: str, count: Callable[[], int]) -> None:
+    t, c = time.perf_counter(), cpu_seconds()
+    n = count()
+    wall, cpu = time.perf_counter() - t, cpu_seconds() - c
+    print(f"{label + ':':52s} {n / wall:8.0f} samples/s   {n / cpu:8.0f} samples per CPU-s")
 
 
 def main() -> None:
@@ -60,21 +80,14 @@ def main() -> None:
         print(f"header index: {(time.perf_counter() - t) / members * 1e6:6.1f} us per member")
         for workers in (0, 1, 2):
             loader = DataLoader(ShardDataset(out), batch_size=None, num_workers=workers)
-            t = time.perf_counter()
-            count = sum(1 for _ in loader)
-            print(f"read+decode+tensor, {workers} workers: {count / (time.perf_counter() - t):8.0f} samples/s")
+            report(f"read+decode+tensor, {workers} workers", lambda: sum(1 for _ in loader))
         for workers in (0, 2):  # batch mode: one tensor per field per batch crosses the process boundary
             loader = DataLoader(ShardDataset(out, batch_size=64), batch_size=None, num_workers=workers,
                                 collate_fn=stack_images)
-            t = time.perf_counter()
-            count = sum(len(b["rgb"]) for b in loader)
-            print(f"batch mode (64, stacked), {workers} workers: {count / (time.perf_counter() - t):8.0f} samples/s")
+            report(f"batch mode (64, stacked), {workers} workers", lambda: sum(len(b["rgb"]) for b in loader))
         for world_size in (2, 8):
-            t = time.perf_counter()
-            count = sum(1 for _ in ShardDataset(out, world_size=world_size))
-            print(f"one rank of {world_size} (reads all headers, decodes 1/{world_size}): "
-                  f"{count / (time.perf_counter() - t):8.0f} samples/s of its share")
-
+            report(f"one rank of {world_size} (reads all headers, decodes 1/{world_size})",
+                   lambda: sum(1 for _ in ShardDataset(out, world_size=world_size)))
 
 if __name__ == "__main__":
     main()

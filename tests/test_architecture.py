@@ -3,7 +3,7 @@
 Every ``import`` and ``from ... import`` in fourm/ counts, also those inside functions (they import
 just the same, only later). The floors, from the ground up (docs/architecture.md draws them):
 
-    core        fourm (package), atomic, errors, locking, config, modalities
+    core        fourm (package), atomic, errors, locking, config, hub, modalities
     vq          tokenizer models, quantizers, text and boxes
     data        ShapesWorld, shards, photos, image sources, data set tokenisation
     masking     token budgets and span masking
@@ -12,7 +12,7 @@ just the same, only later). The floors, from the ground up (docs/architecture.md
     generation  the sampler, guidance, chains, decoding
     evaluation  scores, the benchmark
     training    the single trainer and its tasks
-    cli         fourm.cli, every ``commands`` module and the demo: entry points, may import anything
+    cli         fourm.cli, fourm.__main__, every ``commands`` module and the demo: entry points, may import anything
 
 A module may import its own package and any lower floor.
 """
@@ -28,8 +28,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("training",), ("cli",),
 )
 RANK = {name: i for i, names in enumerate(FLOORS) for name in names}
-CORE = {"fourm", "fourm.atomic", "fourm.errors", "fourm.locking", "fourm.config", "fourm.modalities"}
-CLI = {"fourm.cli", "fourm.evaluation.demo"}
+CORE = {"fourm", "fourm.atomic", "fourm.errors", "fourm.locking", "fourm.config", "fourm.hub", "fourm.modalities"}
+CLI = {"fourm.cli", "fourm.__main__", "fourm.evaluation.demo"}
 
 
 def modules() -> dict[str, Path]:

@@ -39,7 +39,7 @@ def tokenizer_run(tmp_path_factory):
 def test_a_checkpoint_holds_safetensors_and_json_only(tokenizer_run):
     folder = ckpt.latest_checkpoint(tokenizer_run)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    assert files == ["meta.json", "model/config.json", "model/model.safetensors", "optimizer.json",
+    assert files == ["meta.json", "model/README.md", "model/config.json", "model/model.safetensors", "optimizer.json",
                      "optimizer.safetensors", "rng.safetensors", "task_state.safetensors", "train_config.json",
                      "trainer_state.json"]
     meta = ckpt.read_meta(folder)

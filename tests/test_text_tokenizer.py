@@ -261,7 +261,8 @@ def test_small_layouts_train_and_load(captions, tmp_path):
 # ---- save / load ------------------------------------------------------------------------------------------
 def test_save_load_round_trip(tiny, captions, tmp_path):
     out = tiny.save_pretrained(tmp_path / "text")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "tokenizer.json"]  # no temporary files left
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "special_tokens_map.json",
+                                                     "tokenizer.json", "tokenizer_config.json"]  # no temporary files left
     config = json.loads((out / "config.json").read_text())
     assert config["format_version"] == 1 and config["layout"]["class_names"] == CLASSES
     assert config["layout"]["num_bins"] == 1000 and config["vocab_size"] == tiny.vocab_size

@@ -311,19 +311,6 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tok):
     assert acc[0]["grad_norm"] == pytest.approx(big[0]["grad_norm"], rel=0.25)  # regrouping: ~7% here
 
 
-def test_tensorboard_is_optional(tmp_path, tok):
-    import importlib.util
-
-    trainer = trainer_of(tiny(tmp_path, tok, "steps=2", "logging.tensorboard=true"))
-    if importlib.util.find_spec("tensorboard") is None:
-        with pytest.raises(RuntimeError, match="needs the 'tensorboard' package"):
-            trainer.fit()
-    else:
-        trainer.fit()
-        assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    trainer.close()
-
-
 # ---- checkpoints ----------------------------------------------------------------------------------
 
 def test_checkpoints_keep_last_k_and_are_atomic(tmp_path, tok, monkeypatch):

@@ -8,6 +8,7 @@ token table of each image target (:func:`add_reference_tables`), and its loss, w
 modality without targets as 0 (:func:`run_ml4m`).
 
     model = load_ml4m("path/to/4M-7_B_CC12M")            # config.json + model.safetensors
+    model = load_ml4m("EPFL-VILAB/4M-21_XL")             # from the Hub (or its cache); "4M-21_XL" alone too
     out = run_ml4m(model, mod_dict, 128, 128)             # reference-format masks
     save_ml4m(model, "out/dir")                           # back to the reference layout
 
@@ -39,7 +40,9 @@ from torch import Tensor, nn
 from fourm.modalities import ModalitySpec, ml4m_modalities
 from fourm.models.config import MODEL_SIZES, FourMConfig
 from fourm.atomic import atomic_write
-from fourm.models.fourm import FourM, FourMOutput, unalias_state_dict
+from fourm.hub import resolve_pretrained
+from fourm.models.files import unalias_state_dict
+from fourm.models.fourm import FourM, FourMOutput
 
 REFERENCE_POS_ROWS = 512  # the reference's max_sincos_pos_emb; sequence pos buffers keep all rows
 # Keys of the reference's FM(config) dict. Settings that only matter for training are accepted
@@ -53,6 +56,12 @@ _KNOWN_KEYS = {
 }
 _REQUIRED_KEYS = ("domains_in", "domains_out", "dim", "encoder_depth", "decoder_depth", "num_heads")
 _SIZE_OF_RELEASE = {"B": "base", "L": "large", "XL": "xlarge"}
+REFERENCE_ORG = "EPFL-VILAB"
+# The reference's released checkpoints on the Hub (``EPFL-VILAB/<name>``); load_ml4m takes the name alone.
+RELEASED_MODELS: tuple[str, ...] = (
+    "4M-7_B_CC12M", "4M-7_L_CC12M", "4M-7_XL_CC12M", "4M-7_B_COYO700M", "4M-7_L_COYO700M", "4M-7_XL_COYO700M",
+    "4M-21_B", "4M-21_L", "4M-21_XL", "4M-7-T2I_B_CC12M", "4M-7-T2I_L_CC12M", "4M-7-T2I_XL_CC12M", "4M-7-SR_L_CC12M",
+)
 
 
 # ---------------------------------------------------------------------------- configs
@@ -172,6 +181,13 @@ def add_reference_tables(model: FourM) -> FourM:
     return model
 
 
+def has_reference_tables(model: FourM) -> bool:
+    """Whether ``model`` was built for a reference checkpoint (:func:`add_reference_tables`), which
+    also says that its pixel inputs take ImageNet-normalised images."""
+    return any(hasattr(emb, "token_emb") for name, emb in model.decoder_embeddings.items()
+               if model.specs[name].kind == "image")
+
+
 def build_on_meta(cfg: Mapping) -> FourM:
     """FourM for a reference config on the meta device (no memory, no init), reference tables included."""
     with torch.device("meta"):
@@ -199,9 +215,28 @@ def compare_layout(model: FourM, expected: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def load_ml4m(path: str | os.PathLike, device: str | torch.device = "cpu") -> FourM:
-    """Load a reference checkpoint directory (``config.json`` + ``model.safetensors``) strictly."""
-    path = Path(path)
+def load_ml4m(path_or_repo_id: str | os.PathLike, device: str | torch.device = "cpu", *,
+              revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+              token: str | bool | None = None, local_files_only: bool = False,
+              force_download: bool = False) -> FourM:
+    """Load a reference checkpoint (``config.json`` + ``model.safetensors``) strictly, from a folder
+    or from the Hub.
+
+    Args:
+        path_or_repo_id: a folder; a Hub repo id (``EPFL-VILAB/4M-21_XL``); or a released name
+            alone (``4M-7_B_CC12M``, ``4M-21_L``: see :data:`RELEASED_MODELS`), read as
+            ``EPFL-VILAB/<name>``. Only ``config.json`` and ``model.safetensors`` are fetched (some
+            releases also hold a ``pytorch_model.bin`` of several GB, which fourm never reads).
+        device: where the weights are loaded.
+        revision, cache_dir, token, local_files_only, force_download: for a repo id, as in
+            :func:`fourm.hub.resolve_pretrained`.
+    """
+    name = str(path_or_repo_id)
+    if name in RELEASED_MODELS and not Path(name).exists():
+        name = f"{REFERENCE_ORG}/{name}"
+    path = resolve_pretrained(name, what="a 4M reference checkpoint folder (config.json + model.safetensors)",
+                              revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                              force_download=force_download, allow_patterns=["config.json", "model.safetensors"])
     cfg = json.loads((path / "config.json").read_text())
     model = build_on_meta(cfg)
     state = load_file(str(path / "model.safetensors"), device=str(device))

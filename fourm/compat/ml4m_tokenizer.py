@@ -25,7 +25,6 @@ the shapes, and sizes come from the config (``fourm.compat.ml4m_tokenizer_config
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +38,7 @@ from fourm.compat.ml4m_schedule import DiffusionSampler, ScheduleConfig
 from fourm.compat.ml4m_tokenizer_config import FEATURE_MODALITIES, TokenizerSpec, parse_config, read_config
 from fourm.compat.ml4m_unet import PatchedUNet
 from fourm.compat.ml4m_vit import ViTDecoder, ViTEncoder
+from fourm.hub import resolve_pretrained
 
 DEFAULT_DECODE_STEPS = 25  # the reference's decode_dict default for rgb, depth and normals
 DEFAULT_DECODE_SEED = 0  # starting noise of decode() without a generator (reproducible, no global RNG)
@@ -299,33 +299,27 @@ def build_reference_tokenizer(spec: TokenizerSpec, device: str | torch.device = 
         return ReferenceTokenizer(spec)
 
 
-def _resolve(path: str | Path) -> Path:
-    """A local folder, or a Hub repo id (``owner/name``) resolved through huggingface_hub."""
-    p = Path(path)
-    if p.is_dir():
-        return p
-    if isinstance(path, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", path) and not p.exists():
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id=path, allow_patterns=["config.json", "model.safetensors"]))
-    raise FileNotFoundError(f"tokenizer folder {str(path)!r} does not exist (give a folder with config.json and "
-                            "model.safetensors, or a Hub repo id such as EPFL-VILAB/4M_tokenizers_rgb_16k_224-448)")
-
-
-def load_reference_tokenizer(path: str | Path, modality: str | None = None,
-                             device: str | torch.device = "cpu") -> ReferenceTokenizer:
+def load_reference_tokenizer(path: str | Path, modality: str | None = None, device: str | torch.device = "cpu", *,
+                             revision: str | None = None, cache_dir: str | Path | None = None,
+                             token: str | bool | None = None, local_files_only: bool = False,
+                             force_download: bool = False) -> ReferenceTokenizer:
     """Load a reference tokenizer folder (or Hub repo id) strictly: every key of
     ``model.safetensors`` used, every parameter and buffer of the model filled, shapes equal.
 
     Args:
-        path: folder with ``config.json`` and ``model.safetensors``, or a Hub repo id.
+        path: folder with ``config.json`` and ``model.safetensors``, or a Hub repo id such as
+            ``EPFL-VILAB/4M_tokenizers_rgb_16k_224-448`` (only those two files are fetched).
         modality: rgb, depth, normal, semseg, edge, clip, dinov2 or imagebind (default: from
             the config or the folder name).
         device: where the tokenizer lives.
+        revision, cache_dir, token, local_files_only, force_download: for a repo id, as in
+            :func:`fourm.hub.resolve_pretrained`.
     Returns:
         The tokenizer in eval mode.
     """
-    folder = _resolve(path)
+    folder = resolve_pretrained(path, what="a reference tokenizer folder (config.json + model.safetensors)",
+                                revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                                force_download=force_download, allow_patterns=["config.json", "model.safetensors"])
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found; a reference tokenizer folder holds config.json and model.safetensors")

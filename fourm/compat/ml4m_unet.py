@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 GROUPS = 32  # the reference's normalization(): GroupNorm(32, channels), whatever the width
@@ -257,7 +258,7 @@ class PatchedUNet(nn.Module):
             raise ValueError(f"DiVAE decoder: image size {H} x {W} must be a multiple of {step} (patch_size {p} x "
                              f"{self.spec.downsample} UNet downsamplings); choose another image size")
         rows, cols = H // p, W // p
-        h = x_t.reshape(B, C, rows, p, cols, p).permute(0, 1, 3, 5, 2, 4).reshape(B, C * p * p, rows, cols)
+        h = rearrange(x_t, "b c (rows p1) (cols p2) -> b (c p1 p2) rows cols", p1=p, p2=p)
         cond = F.interpolate(cond.to(h.dtype), size=(rows, cols), mode="nearest")  # (B, L, rows, cols)
         h = torch.cat([h, cond], dim=1)
         emb = self.time_embedding(torch.as_tensor(t, device=x_t.device))
@@ -269,4 +270,4 @@ class PatchedUNet(nn.Module):
         for stage in self.output_blocks:
             h = stage(torch.cat([h, hs.pop()], dim=1), emb)
         h = self.out(h)  # (B, C * p * p, rows, cols)
-        return h.reshape(B, C, p, p, rows, cols).permute(0, 1, 4, 2, 5, 3).reshape(B, C, H, W)
+        return rearrange(h, "b (c p1 p2) rows cols -> b c (rows p1) (cols p2)", c=C, p1=p)

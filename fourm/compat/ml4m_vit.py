@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 VIT_PRESETS: dict[str, tuple[int, int, int]] = {  # the reference's presets: (dim, depth, num_heads)
@@ -102,10 +103,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        B, N, D = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = rearrange(self.qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.num_heads)
         y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim), scale head_dim^-0.5
-        return self.proj(y.transpose(1, 2).reshape(B, N, D))
+        return self.proj(rearrange(y, "b h n d -> b n (h d)"))
 
 
 class Mlp(nn.Module):
@@ -236,6 +236,5 @@ class ViTDecoder(_ViTBase):
         rows, cols = x.shape[-2:]
         h = self.out_proj(self._post_mlp(self.forward_blocks(x)))  # (B, N, C * p * p)
         p, C = self.patch_size, self.out_channels
-        h = h.reshape(h.shape[0], rows, cols, C, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, rows, p, cols, p)
-        h = h.reshape(h.shape[0], C, rows * p, cols * p)
+        h = rearrange(h, "b (rows cols) (c p1 p2) -> b c (rows p1) (cols p2)", rows=rows, c=C, p1=p)
         return h if self.out_conv is None else self.out_conv(h)

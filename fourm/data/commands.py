@@ -72,9 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "pixel input (default: none)")
     tz.add_argument("--strict", action="store_true",
                     help="stop at the first sample that cannot be tokenised (default: skip and count it)")
-    tz.add_argument("--batch-size", type=int, default=64)
-    tz.add_argument("--device", default="cpu")
-    tz.add_argument("--no-progress", action="store_true")
+    tz.add_argument("--batch-size", type=int, default=64, help="samples encoded together (default 64)")
+    tz.add_argument("--device", default="cpu", help="torch device of the tokenizers (default cpu)")
+    tz.add_argument("--no-progress", action="store_true", help="no progress bar")
     tz.set_defaults(func=cmd_tokenize)
 
 

@@ -36,6 +36,7 @@ from typing import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch.utils.data import Dataset
 
 COLOUR_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
@@ -151,8 +152,8 @@ def photo_tiles(photo: torch.Tensor, tile: int) -> torch.Tensor:
     if rows == 0 or cols == 0:
         raise ValueError(f"photo of {h} x {w} px holds no {tile} px tile")
     y, x = (h - rows * tile) // 2, (w - cols * tile) // 2
-    grid = photo[:, y:y + rows * tile, x:x + cols * tile].reshape(c, rows, tile, cols, tile)
-    return grid.permute(1, 3, 0, 2, 4).reshape(rows * cols, c, tile, tile)  # (rows*cols, C, t, t)
+    crop = photo[:, y:y + rows * tile, x:x + cols * tile]
+    return rearrange(crop, "c (rows t1) (cols t2) -> (rows cols) c t1 t2", t1=tile, t2=tile)
 
 
 def held_out_tiles(holdout: Iterable[str], tile: int) -> torch.Tensor:
@@ -163,6 +164,5 @@ def held_out_tiles(holdout: Iterable[str], tile: int) -> torch.Tensor:
 
 def untile(tiles: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Inverse of ``photo_tiles``: (rows * cols, C, t, t) -> (C, rows * t, cols * t)."""
-    n, c, t, _ = tiles.shape
-    assert n == rows * cols, (n, rows, cols)
-    return tiles.reshape(rows, cols, c, t, t).permute(2, 0, 3, 1, 4).reshape(c, rows * t, cols * t)
+    assert tiles.shape[0] == rows * cols, (tiles.shape, rows, cols)
+    return rearrange(tiles, "(rows cols) c t1 t2 -> c (rows t1) (cols t2)", rows=rows, cols=cols)

@@ -29,6 +29,27 @@ a small shared-memory tensor (one row per worker) that the main process reads as
 ``dataset.stats`` -- also after DataLoader workers, fork or spawn, have exited. Each reader also
 logs the first few skips and a summary at the end of its stream. ``strict=True`` raises
 :class:`CorruptSampleError` (naming shard, key and reason) at the first fault instead.
+
+What comes from webdataset, and what is ours
+--------------------------------------------
+* Sample grouping is webdataset's ``tariterators.group_by_keys`` with its key rule
+  (``base_plus_ext``: the key ends at the first dot of the last path component), so a shard groups
+  here exactly as ``webdataset.WebDataset`` groups it. Its duplicate-member error is turned into a
+  ``bad_member`` fault of that sample.
+* Dealing chunks of positions to DataLoader workers is webdataset's ``shardlists.split_by_worker``
+  (every ``num_workers``-th item of a stream, from torch's worker info), applied to the stream of
+  chunks instead of to the shard list.
+* Ours, and why: (1) the tar *index* (``_scan_plain`` and its ``tarfile`` fallback): webdataset's
+  ``tar_file_iterator`` streams every member's bytes through ``tarfile``, so each rank would read
+  the whole data set to decode ``1 / world_size`` of it, a permuted order inside a shard would mean
+  buffering the shard, and ``tarfile``'s stream mode ends quietly when a tar is cut right after a
+  member, so the cut sample would pass as complete; the index reads headers only, seeks to the
+  members a reader owns, and knows whether the archive ended cleanly. (2) The rank split:
+  ``split_by_node`` takes the rank from ``RANK``/``WORLD_SIZE`` or ``torch.distributed`` at
+  iteration time, while this dataset is told its ``rank`` (the trainer's process index; tests
+  simulate ranks in one process); it is the same ``islice``. (3) Mid-epoch resume (``start``),
+  the per-sample split of slots (not of whole shards, which would make the shares depend on shard
+  sizes and the order on the number of workers) and the skip counters.
 """
 from __future__ import annotations
 
@@ -36,11 +57,14 @@ import logging
 import os
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Iterator, Sequence
+from itertools import groupby, islice
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.shardlists import split_by_worker
+from webdataset.tariterators import base_plus_ext, group_by_keys
 
 from fourm.data.shard_metadata import check_shard_folders
 from fourm.data.shards import decode_member, list_shards
@@ -104,13 +128,14 @@ class _Group:
         return {s.partition(".")[0]: s for s in self.members}
 
 
-def _split_name(name: str) -> tuple[str, str | None]:
-    # Same rule as webdataset: the key ends at the first dot of the last path component.
-    head, _, base = name.rpartition("/")
-    stem, dot, suffix = base.partition(".")
-    if not stem or not dot or not suffix:
-        return name, None
-    return (f"{head}/{stem}" if head else stem), suffix
+_BAD_NAME = "\0bad"  # group_by_keys suffix of a member whose name has no "<key>.<suffix>" form
+
+
+def _member_key(name: str) -> tuple[str, str]:
+    """(key, suffix) by webdataset's rule; a name it cannot split becomes a sample of its own,
+    marked with the suffix ``_BAD_NAME``."""
+    key, suffix = base_plus_ext(name)
+    return (name, _BAD_NAME) if key is None or not suffix else (key, suffix)
 
 
 def _scan_plain(f: BinaryIO) -> list[tuple[str, int, int]] | None:
@@ -175,6 +200,42 @@ def _scan_tarfile(f: BinaryIO) -> tuple[list[tuple[str, int, int]], bool]:
         return out, False  # damage after the first header: what was read stands
 
 
+def _groups(members: Iterable[tuple[str, int, int]]) -> list[_Group]:
+    """Group index entries into samples with webdataset's ``group_by_keys`` and mark header-level
+    faults: a member name without key and suffix, a field stored twice."""
+    duplicates: set[str] = set()
+    last: list[str] = [""]
+
+    def entries() -> Iterator[dict[str, Any]]:
+        for name, offset, size in members:
+            last[0] = name
+            yield {"fname": name, "data": (offset, size), "__url__": ""}
+
+    def on_error(exn: Exception) -> bool:
+        if isinstance(exn, ValueError) and "duplicate file name" in str(exn):
+            duplicates.add(_member_key(last[0])[0])  # group_by_keys drops the member and goes on
+            return True
+        raise exn
+
+    out = []
+    for sample in group_by_keys(entries(), keys=_member_key, lcase=False, handler=on_error):
+        g = _Group(sample.pop("__key__"))
+        sample.pop("__url__")
+        seen: set[str] = set()
+        for suffix, location in sample.items():
+            field_name = suffix.partition(".")[0]
+            if suffix == _BAD_NAME:
+                g.fault = g.fault or ("bad_member", f"member name {g.key!r} is not '<key>.<field>.<ext>'")
+            elif field_name in seen or g.key in duplicates:
+                g.fault = g.fault or ("bad_member", f"field {field_name!r} stored twice")
+            else:
+                seen.add(field_name)
+                g.members[suffix] = location
+        duplicates.discard(g.key)
+        out.append(g)
+    return out
+
+
 def index_shard(f: BinaryIO) -> list[_Group]:
     """Read the tar headers of an open shard and group members by key (no member data is read).
 
@@ -191,24 +252,13 @@ def index_shard(f: BinaryIO) -> list[_Group]:
     if members is None:
         members, clean_end = _scan_tarfile(f)
     size = os.fstat(f.fileno()).st_size
-    groups: list[_Group] = []
-    seen: set[str] = set()  # fields of the current group
+    intact = []
     for name, offset, n in members:
-        key, suffix = _split_name(name)
-        if not groups or groups[-1].key != key:
-            groups.append(_Group(key))
-            seen = set()
-        g = groups[-1]
-        if offset + n > size:
-            break  # this member's data is cut: its group becomes the truncated tail
-        field_name = suffix.partition(".")[0] if suffix is not None else None
-        if field_name is None:
-            g.fault = g.fault or ("bad_member", f"member name {name!r} is not '<key>.<field>.<ext>'")
-        elif field_name in seen:
-            g.fault = g.fault or ("bad_member", f"field {field_name!r} stored twice")
-        else:
-            seen.add(field_name)
-            g.members[suffix] = (offset, n)
+        intact.append((name, offset, n))
+        if offset + n > size:  # this member's data is cut: its sample becomes the truncated tail
+            clean_end = False
+            break
+    groups = _groups(intact)
     if not clean_end and groups:
         groups[-1].fault = ("truncated", "the tar ends or breaks inside or right after this sample")
     return groups
@@ -217,6 +267,25 @@ def index_shard(f: BinaryIO) -> list[_Group]:
 def _worker() -> tuple[int, int]:
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class _ShardFile:
+    """The shard a reader reads member data from; slots come shard by shard, so one open file."""
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self.f: BinaryIO | None = None
+
+    def open(self, path: str) -> BinaryIO:
+        if path != self.path or self.f is None:
+            self.close()
+            self.f, self.path = open(path, "rb"), path
+        return self.f
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+        self.f = self.path = None
 
 
 def _to_tensor(value: Any, ext: str) -> Any:
@@ -353,8 +422,9 @@ class ShardDataset(IterableDataset):
     def _rng(self, *tags: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, *tags])
 
-    def _slots(self) -> Iterator[tuple[str, BinaryIO | None, _Group | None, str]]:
-        """The global stream: (shard, open file, group, "") per slot, or (shard, None, None, error)."""
+    def _slots(self, on_unreadable: Callable[[str, str], None]) -> Iterator[tuple[str, _Group]]:
+        """The global stream: (shard, group) per slot. A shard that cannot be read has no slots; it
+        is reported to ``on_unreadable(shard, error)``."""
         order = np.arange(len(self.shards))
         if self.shuffle:
             order = self._rng(0).permutation(len(self.shards))
@@ -363,18 +433,18 @@ class ShardDataset(IterableDataset):
             try:
                 f = open(path, "rb")
             except OSError as e:
-                yield path, None, None, f"cannot open: {e}"
+                on_unreadable(path, f"cannot open: {e}")
                 continue
             with f:
                 try:
                     groups = index_shard(f)
                 except (tarfile.ReadError, OSError) as e:
-                    yield path, None, None, f"not a readable tar: {e}"
+                    on_unreadable(path, f"not a readable tar: {e}")
                     continue
-                if self.shuffle:
-                    groups = [groups[k] for k in self._rng(1, s).permutation(len(groups)).tolist()]
-                for g in groups:
-                    yield path, f, g, ""
+            if self.shuffle:
+                groups = [groups[k] for k in self._rng(1, s).permutation(len(groups)).tolist()]
+            for g in groups:
+                yield path, g
 
     def _load(self, path: str, f: BinaryIO, g: _Group, index: int) -> dict[str, Any] | tuple[str, str]:
         """The sample of one owned slot, or (reason, detail) if it must be skipped."""
@@ -418,30 +488,31 @@ class ShardDataset(IterableDataset):
         worker, num_workers = _worker()
         if num_workers > MAX_WORKERS:
             logger.warning("workers >= %d log their skips but do not count them in .stats", MAX_WORKERS)
-        start, chunk = self.start, self.batch_size or 1
         skipped: dict[str, int] = {}
+
+        def skip(path: str, key: str | None, reason: str, detail: str) -> None:
+            self._skip(path, key, reason, detail, worker, sum(skipped.values()))
+            skipped[reason] = skipped.get(reason, 0) + 1
+
+        def unreadable(path: str, error: str) -> None:  # one reader of the job counts a shard without slots
+            if self.strict or (self.rank == 0 and worker == 0):
+                skip(path, None, "unreadable", error)
+
+        start, size = self.start, self.batch_size or 1
+        mine = islice(self._slots(unreadable), self.rank, None, self.world_size)  # slots rank, rank + W, ...
+        positions = islice(enumerate(mine), start, None)  # (j, (shard, group)) with j >= start
+        chunks = (list(c) for _, c in groupby(positions, key=lambda item: (item[0] - start) // size))
+        shard = _ShardFile()
         try:
-            i = 0
-            for path, f, g, error in self._slots():
-                if g is None:  # an unreadable shard has no slots; one reader in the job counts it
-                    if self.strict or (self.rank == 0 and worker == 0):
-                        self._skip(path, None, "unreadable", error, worker, sum(skipped.values()))
-                        skipped["unreadable"] = skipped.get("unreadable", 0) + 1
-                    continue
-                slot = i
-                i += 1
-                if slot % self.world_size != self.rank:
-                    continue
-                j = slot // self.world_size
-                if j < start or ((j - start) // chunk) % num_workers != worker:
-                    continue
-                out = self._load(path, f, g, j)
-                if isinstance(out, tuple):
-                    self._skip(path, g.key, *out, worker, sum(skipped.values()))
-                    skipped[out[0]] = skipped.get(out[0], 0) + 1
-                    continue
-                yield j, (self.transform(out) if self.transform is not None else out)
+            for chunk in split_by_worker(chunks):  # chunk k goes to worker k % num_workers
+                for j, (path, g) in chunk:
+                    out = self._load(path, shard.open(path), g, j)
+                    if isinstance(out, tuple):
+                        skip(path, g.key, *out)
+                        continue
+                    yield j, (self.transform(out) if self.transform is not None else out)
         finally:
+            shard.close()
             if skipped:
                 logger.warning(
                     "rank %d worker %d/%d skipped %d samples: %s",

@@ -1,7 +1,7 @@
 """``fourm eval`` (the ShapesWorld any-to-any benchmark) and ``fourm tokenizer eval`` (the image
 tokenizers' reconstruction scores) from the command line.
 
-    fourm eval                                            # models/shapes_bundled, tokenizers/shapes64, 32 scenes
+    fourm eval                                            # models/shapes_bundled, tokenizers/shapes64 (run from the checkout)
     fourm eval --model out/fm/shapes_bundled --num-samples 64 --json eval.json --grid eval.png
     fourm eval --tasks rgb2semseg,rgb2depth,caption2rgb --seed 1000 --batch-size 16
 
@@ -21,14 +21,10 @@ from pathlib import Path
 
 import torch
 
-import fourm
-from fourm.cli import command_group
+from fourm.cli import BUNDLED_MODEL, BUNDLED_TOKENIZERS, bundled_default, command_group, for_flag
 from fourm.config import save_json_atomic
 from fourm.evaluation.benchmark import DEFAULT_SEED, RGB_INPUTS, TASKS, DecodingSettings, parse_tasks, run_benchmark
-
-_ROOT = Path(fourm.__file__).resolve().parents[1]
-DEFAULT_MODEL = Path("models/shapes_bundled")
-DEFAULT_TOKENIZERS = Path("tokenizers/shapes64")
+from fourm.models import ATTENTION_BACKENDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,10 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "(rgb -> semseg / depth / det / caption, caption / det / depth / semseg -> "
                                           "rgb, caption -> det -> rgb) beside the tokenizer bound.",
                               epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                   help=f"a FourM.save_pretrained folder, a training out_dir or checkpoint (default: {DEFAULT_MODEL})")
-    p.add_argument("--tokenizers", type=Path, default=DEFAULT_TOKENIZERS,
-                   help=f"tokenizer folder with rgb/, depth/, semseg/, text/ (default: {DEFAULT_TOKENIZERS})")
+    p.add_argument("--model", default=None,
+                   help="a FourM.save_pretrained folder, a training out_dir or checkpoint, or a Hub repo id (default: "
+                        f"{BUNDLED_MODEL} of the fourm checkout you run from)")
+    p.add_argument("--tokenizers", default=None,
+                   help="tokenizer folder with rgb/, depth/, semseg/, text/, or a Hub repo id laid out so (default: "
+                        f"{BUNDLED_TOKENIZERS} of the fourm checkout you run from)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"world and sampling seed; use one training never saw (default {DEFAULT_SEED}; "
                         "the bundled run trains on 0 and validates on 1)")
@@ -62,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", type=Path, default=None, help="write a PNG grid of the first scenes here")
     p.add_argument("--grid-scenes", type=int, default=4, help="scenes in the grid (default 4)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto",
+                   help="attention kernel: auto (xformers where installed and working on the device, else SDPA), "
+                        "sdpa or xformers (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
@@ -71,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--seed", type=int, required=True, help="world seed of the scenes (one never used in training)")
     ev.add_argument("--num-samples", type=int, default=256, help="number of scenes (default 256)")
     ev.add_argument("--image-size", type=int, default=None, help="scene size in px (default: the training size)")
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--batch-size", type=int, default=64, help="scenes reconstructed together (default 64)")
     ev.add_argument("--device", default="cpu", help="torch device (default cpu)")
     ev.add_argument("--json", default=None, help="write the results to this JSON file")
     ev.add_argument("--no-parser", action="store_true",
@@ -91,11 +92,6 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def resolve_path(path: Path) -> Path:
-    """``path`` as given, or under the repository root when it is relative and missing here."""
-    return path if path.exists() or path.is_absolute() or not (_ROOT / path).exists() else _ROOT / path
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from fourm.generation.commands import load_model
     from fourm.vq.loading import load_tokenizers
@@ -108,15 +104,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.grid is not None and args.grid.suffix.lower() != ".png":
             raise ValueError(f"--grid {args.grid}: the grid is written as PNG; give a path ending in .png")
         decoding = DecodingSettings(image_steps=args.image_steps, rgb_cfg_scale=args.cfg_scale)
-        model_path, tok_path = resolve_path(args.model), resolve_path(args.tokenizers)
-        if not model_path.exists():
-            raise FileNotFoundError(f"--model {args.model}: no such folder; give a FourM.save_pretrained folder or a "
-                                    f"training out_dir (the bundled model lives in {DEFAULT_MODEL})")
-        if not tok_path.is_dir():
-            raise FileNotFoundError(f"--tokenizers {args.tokenizers}: no such folder (default {DEFAULT_TOKENIZERS})")
+        model_path = bundled_default(args.model, "--model", BUNDLED_MODEL)
+        tok_path = bundled_default(args.tokenizers, "--tokenizers", BUNDLED_TOKENIZERS)
         device = torch.device(args.device)
-        model = load_model(model_path, str(device))
-        tokenizers = load_tokenizers(tok_path, map_location=device)
+        model = for_flag("--model", load_model, model_path, str(device), attention=args.attention)
+        tokenizers = for_flag("--tokenizers", load_tokenizers, tok_path, map_location=device)
         result = run_benchmark(model, tokenizers, seed=args.seed, num_samples=args.num_samples,
                                image_size=args.image_size, tasks=tasks, decoding=decoding, batch_size=args.batch_size,
                                grid_scenes=args.grid_scenes if args.grid else 0, progress=not args.no_progress,

@@ -1,6 +1,6 @@
 """``fourm demo``: the main job, any-to-any generation with the bundled model on ShapesWorld.
 
-    fourm demo                       # models/shapes_bundled + tokenizers/shapes64 -> out/demo/
+    fourm demo                       # models/shapes_bundled + tokenizers/shapes64 (run from the checkout) -> out/demo/
     fourm demo --num-samples 8       # quicker, noisier table
     fourm demo --world-only          # only the data part (no model needed)
 
@@ -23,23 +23,29 @@ import time
 from pathlib import Path
 
 from fourm.atomic import atomic_write_text
+from fourm.cli import BUNDLED_MODEL, BUNDLED_TOKENIZERS, bundled_default
 from fourm.data import shapes_world as sw
 from fourm.data.commands import write_shapes
 from fourm.data.contact_sheet import render_contact_sheet
 from fourm.data.shard_reader import ShardDataset
 from fourm.data.shards import list_shards
 from fourm.errors import UsageError
-from fourm.evaluation.commands import DEFAULT_MODEL, DEFAULT_TOKENIZERS, resolve_path
+from fourm.hub import looks_like_repo_id
 
 DEMO_SEED = 1000  # held-out world: the bundled model trained on seed 0 and validated on seed 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="the main job: any-to-any generation with the bundled model on ShapesWorld")
+    p = subparsers.add_parser("demo", help="the main job: any-to-any generation with the bundled model on ShapesWorld",
+                              description="Write a ShapesWorld split as shards and its contact sheet, then generate "
+                                          "every modality from every other with a FourM and score it beside the "
+                                          "tokenizer bound (any_to_any.png, benchmark.md / .json, summary.json).")
     p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"FourM folder (default: {DEFAULT_MODEL})")
-    p.add_argument("--tokenizers", type=Path, default=DEFAULT_TOKENIZERS,
-                   help=f"tokenizer folder (default: {DEFAULT_TOKENIZERS})")
+    p.add_argument("--model", default=None,
+                   help=f"FourM folder or Hub repo id (default: {BUNDLED_MODEL} of the fourm checkout you run from)")
+    p.add_argument("--tokenizers", default=None,
+                   help=f"tokenizer folder or Hub repo id (default: {BUNDLED_TOKENIZERS} of the fourm checkout you "
+                        "run from)")
     p.add_argument("--num-samples", type=int, default=32,
                    help="held-out scenes of the benchmark table (default: 32)")
     p.add_argument("--grid-scenes", type=int, default=4, help="scenes shown in any_to_any.png (default: 4)")
@@ -71,7 +77,7 @@ def world_part(out: Path, num_samples: int, seed: int, image_size: int, workers:
             "contact_sheet": str(sheet), "world_version": meta["world_version"], "world_config": meta["config"]}
 
 
-def model_part(out: Path, model_dir: Path, tok_dir: Path, num_samples: int, grid_scenes: int, seed: int) -> dict:
+def model_part(out: Path, model_dir: str, tok_dir: str, num_samples: int, grid_scenes: int, seed: int) -> dict:
     """Any-to-any generation and the benchmark table on held-out scenes."""
     from fourm.evaluation.benchmark import run_benchmark
     from fourm.generation.commands import load_model
@@ -97,7 +103,6 @@ def model_part(out: Path, model_dir: Path, tok_dir: Path, num_samples: int, grid
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
-    model_dir, tok_dir = resolve_path(args.model), resolve_path(args.tokenizers)
     for name, value, low in (("--world-samples", args.world_samples, 1), ("--workers", args.workers, 1)):
         if value < low:
             raise UsageError(f"{name} {value}; must be >= {low}")
@@ -106,10 +111,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(f"--image-size {args.image_size}: {e}") from None
     if not args.world_only:
-        for flag, path, what in (("--model", model_dir, "config.json"), ("--tokenizers", tok_dir, "rgb")):
-            if not (path / what).exists():
-                raise UsageError(f"{flag} {path}: no {what} there (the bundled files are {DEFAULT_MODEL} and "
-                                 f"{DEFAULT_TOKENIZERS}; --world-only runs the data part alone)")
+        # before the data part, which takes a while: a folder that is there, or a Hub repo id
+        model_dir = bundled_default(args.model, "--model", BUNDLED_MODEL)
+        tok_dir = bundled_default(args.tokenizers, "--tokenizers", BUNDLED_TOKENIZERS)
+        for flag, value, what in (("--model", model_dir, "config.json"), ("--tokenizers", tok_dir, "rgb")):
+            if Path(value).exists() and not (Path(value) / what).exists():
+                raise UsageError(f"{flag} {value}: no {what} there (--world-only runs the data part alone)")
+            if not Path(value).exists() and not looks_like_repo_id(value):
+                raise UsageError(f"{flag} {value}: no such folder, and not a Hub repo id (--world-only runs the "
+                                 "data part alone)")
         for name, value, low in (("--num-samples", args.num_samples, 1), ("--grid-scenes", args.grid_scenes, 0)):
             if value < low:
                 raise UsageError(f"{name} {value}; must be >= {low}")

@@ -31,15 +31,15 @@ from typing import Any
 import numpy as np
 
 import fourm
+from fourm.cli import BUNDLED_TOKENIZERS, for_flag
 from fourm.config import save_json_atomic
 from fourm.generation.decode import decode_state, output_kind, render_grid, save_png, to_tile
 from fourm.generation.guidance import Condition
 from fourm.generation.inputs import raw_aliases
 from fourm.generation.sampler import Sampler
 from fourm.generation.target import Target
-from fourm.models import FourM
-
-DEFAULT_TOKENIZERS = Path(fourm.__file__).resolve().parents[1] / "tokenizers" / "shapes64"
+from fourm.hub import resolve_pretrained
+from fourm.models import ATTENTION_BACKENDS, FourM
 _INT_FIELDS = {"steps", "max_tokens"}
 _FLOAT_FIELDS = {"temperature", "top_p", "cfg_scale"}
 _STR_FIELDS = {"scheme", "schedule", "temperature_schedule"}
@@ -52,12 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Generate target modalities from any conditions with a FourM model; writes "
                                           "grid.png, one PNG per generated image and result.json.",
                               epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, type=Path,
+    p.add_argument("--model", required=True,
                    help="model: a FourM.save_pretrained folder, a training out_dir (newest checkpoint) or checkpoint "
-                        "folder, or a 4M reference checkpoint (config.json + model.safetensors)")
-    p.add_argument("--tokenizers", type=Path, default=None,
-                   help=f"tokenizer folder (default: {DEFAULT_TOKENIZERS} when it exists; with --image: a folder of "
-                        "4M reference tokenizer folders)")
+                        "folder, a 4M reference checkpoint (config.json + model.safetensors), or a Hub repo id of "
+                        "either (EPFL-VILAB/4M-7_B_CC12M; a reference release name alone also works)")
+    p.add_argument("--tokenizers", default=None,
+                   help=f"tokenizer folder or Hub repo id (default: {BUNDLED_TOKENIZERS} when run from a fourm "
+                        "checkout; with --image: a folder of 4M reference tokenizer folders)")
     p.add_argument("--text-tokenizer", type=Path, default=None,
                    help="a tokenizer JSON file for caption/det (e.g. the reference's text_tokenizer_4m_wordpiece_30k.json)")
     p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
@@ -77,6 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
     p.add_argument("--tile", type=int, default=128, help="tile size of grid.png in pixels (default 128)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto",
+                   help="attention kernel: auto (xformers where installed and working on the device, else SDPA), "
+                        "sdpa or xformers (default auto)")
     p.add_argument("--no-cache", action="store_true", help="decode sequences without the key/value cache (slower)")
     photo = p.add_argument_group("a photo through a 4M reference model (--image; see fourm.generation.photo)")
     photo.add_argument("--image", type=Path, default=None,
@@ -97,10 +101,20 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def load_model(path: Path, device: str = "cpu") -> FourM:
+def load_model(path_or_repo_id: str | Path, device: str = "cpu", attention: str = "auto") -> FourM:
     """A FourM from a ``save_pretrained`` folder, a training checkpoint folder, a training
-    ``out_dir`` (its newest checkpoint) or a reference checkpoint."""
-    path = Path(path)
+    ``out_dir`` (its newest checkpoint), a reference checkpoint, or a Hub repo id holding a
+    ``save_pretrained`` folder or a reference checkpoint (a reference release name alone, such as
+    ``4M-21_XL``, reads as ``EPFL-VILAB/4M-21_XL``); ``attention`` as in
+    :meth:`FourM.set_attention_backend`."""
+    from fourm.compat.ml4m import REFERENCE_ORG, RELEASED_MODELS, load_ml4m
+
+    path = Path(path_or_repo_id)
+    if not path.exists():
+        name = str(path_or_repo_id)
+        name = f"{REFERENCE_ORG}/{name}" if name in RELEASED_MODELS else name
+        path = resolve_pretrained(name, what="a FourM folder, training out_dir or checkpoint, or a 4M reference "
+                                             "checkpoint", allow_patterns=["*.json", "*.safetensors", "*.md"])
     if not (path / "config.json").is_file() and (path / "checkpoints").is_dir():
         from fourm.training.checkpoint import latest_checkpoint
 
@@ -114,11 +128,9 @@ def load_model(path: Path, device: str = "cpu") -> FourM:
         raise FileNotFoundError(f"{path}: no config.json; give a folder written by FourM.save_pretrained, a training "
                                 "checkpoint folder or a reference checkpoint")
     cfg = json.loads((path / "config.json").read_text())
-    if cfg.get("format") == "fourm.FourM":
-        return FourM.from_pretrained(path, device=device).eval()
-    from fourm.compat.ml4m import load_ml4m
-
-    return load_ml4m(path, device=device).eval()
+    model = FourM.from_pretrained(path, device=device) if cfg.get("format") == "fourm.FourM" else load_ml4m(path, device)
+    model.set_attention_backend(attention, device)
+    return model.eval()
 
 
 def parse_target(spec: str) -> Target:
@@ -224,7 +236,7 @@ def _scene_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, A
 def _load_tokenizers(args: argparse.Namespace) -> dict[str, Any]:
     from fourm.vq.loading import load_tokenizers
 
-    path = args.tokenizers or (DEFAULT_TOKENIZERS if DEFAULT_TOKENIZERS.is_dir() else None)
+    path = args.tokenizers or (BUNDLED_TOKENIZERS if Path(BUNDLED_TOKENIZERS).is_dir() else None)
     toks = dict(load_tokenizers(path, map_location=args.device)) if path else {}
     if args.text_tokenizer:
         from fourm.vq.text import TextTokenizer
@@ -241,8 +253,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not args.target:
         return _fail("give at least one --target (e.g. --target caption)")
     try:
-        model = load_model(args.model, args.device)
-        tokenizers = _load_tokenizers(args)
+        model = for_flag("--model", load_model, args.model, args.device, args.attention)
+        tokenizers = for_flag("--tokenizers", _load_tokenizers, args)
         aliases = raw_aliases(model.specs)
         sampler = Sampler(model, tokenizers, use_cache=not args.no_cache, progress=True)
         targets = [sampler.resolve(parse_target(t)) for t in args.target]

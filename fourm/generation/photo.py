@@ -29,7 +29,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from fourm.atomic import atomic_write
-from fourm.compat.ml4m import add_reference_tables
+from fourm.compat.ml4m import add_reference_tables, has_reference_tables
 from fourm.compat.ml4m_tokenizer import IMAGENET_MEAN, IMAGENET_STD, load_reference_tokenizers
 from fourm.compat.ml4m_tokenizer_config import FEATURE_MODALITIES
 from fourm.generation.decode import font
@@ -295,8 +295,7 @@ def cmd_photo(args: argparse.Namespace, load_model: Any, parse_target: Any) -> i
         if args.tokenizers is None:
             raise ValueError("--image needs --tokenizers DIR: a folder of reference tokenizer folders "
                              "(e.g. 4M_tokenizers_rgb_16k_224-448/, ..._depth_8k_..., ..._semseg_4k_...)")
-        cfg = json.loads((Path(args.model) / "config.json").read_text()) if (Path(args.model) / "config.json").is_file() else {}
-        model = load_model(args.model, args.device)
+        model = load_model(args.model, args.device, args.attention)
         tokenizers = load_reference_tokenizers(args.tokenizers, device=args.device)
         targets = [parse_target(t) for t in args.target] or None
         if not Path(args.image).is_file():
@@ -304,7 +303,7 @@ def cmd_photo(args: argparse.Namespace, load_model: Any, parse_target: Any) -> i
         photo = np.array(Image.open(args.image).convert("RGB"))  # cropped and resized per model input in run_photo
         res = run_photo(model, tokenizers, photo, targets, seed=args.seed, num_samples=args.num_samples,
                         decode_steps=args.decode_steps, decode_sampler=args.decode_sampler, rgb_input=args.rgb_input,
-                        fit_vocab=args.fit_vocab, imagenet_pixels=cfg.get("format") != "fourm.FourM", progress=True)
+                        fit_vocab=args.fit_vocab, imagenet_pixels=has_reference_tables(model), progress=True)
     except (ValueError, KeyError, FileNotFoundError, TypeError) as e:
         print(f"error: {str(e).strip(chr(39))}", file=sys.stderr)
         return 2

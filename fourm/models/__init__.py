@@ -1,15 +1,6 @@
 """The FourM model: blocks, per-modality embeddings, the encoder-decoder and its config."""
-from fourm.models.blocks import (
-    Attention,
-    Block,
-    CrossAttention,
-    DecoderBlock,
-    GatedMlp,
-    LayerNorm,
-    Mlp,
-    attention,
-    xformers_available,
-)
+from fourm.models.attention_kernels import ATTENTION_BACKENDS, attention, resolve_attention_backend, xformers_available
+from fourm.models.blocks import Attention, Block, CrossAttention, DecoderBlock, GatedMlp, LayerNorm, Mlp
 from fourm.models.config import MODEL_SIZES, FourMConfig
 from fourm.models.embeddings import sincos_1d, sincos_2d
 from fourm.models.fourm import (
@@ -21,10 +12,11 @@ from fourm.models.fourm import (
     ModalityPredictions,
     TokenSelection,
     select_tokens,
-    unalias_state_dict,
 )
+from fourm.models.files import unalias_state_dict
 
 __all__ = [
+    "ATTENTION_BACKENDS",
     "Attention",
     "Block",
     "CrossAttention",
@@ -42,6 +34,7 @@ __all__ = [
     "ModalityPredictions",
     "TokenSelection",
     "attention",
+    "resolve_attention_backend",
     "select_tokens",
     "sincos_1d",
     "sincos_2d",

@@ -4,58 +4,18 @@ Module and parameter names follow the 4M reference (``norm1``, ``attn.qkv``, ``c
 ``mlp.fc1/fc2/fc3``, ``query_norm``, ``context_norm``) so that its checkpoints load by key.
 
 Masks are positive: ``True`` means "may attend". Attention runs through
-``torch.nn.functional.scaled_dot_product_attention``; on CUDA, xformers can be chosen with
-``backend="xformers"`` (or ``"auto"``) and falls back to SDPA when it is not installed.
-Callers must make sure every query row has at least one key it may attend to (``FourM`` does).
+:func:`fourm.models.attention_kernels.attention`: SDPA, or xformers on CUDA (each attention module's
+``backend``, set by ``FourM.set_attention_backend``). Callers must make sure every query row has at
+least one key it may attend to (``FourM`` does).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
-try:  # optional; only used on CUDA
-    import xformers.ops as _xops
-except Exception:  # noqa: BLE001 - any import failure means "not available"
-    _xops = None
-
-ATTENTION_BACKENDS: tuple[str, ...] = ("sdpa", "xformers", "auto")
-
-
-def xformers_available() -> bool:
-    """Whether ``xformers.ops`` imported."""
-    return _xops is not None
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, backend: str = "sdpa") -> Tensor:
-    """Scaled dot-product attention with a boolean "may attend" mask.
-
-    Args:
-        q, k, v: queries, keys and values.
-        mask: boolean, ``True`` = may attend; broadcastable to (B, H, Nq, Nk). ``None`` = all.
-        backend: ``"sdpa"``, ``"xformers"`` (CUDA only, SDPA otherwise) or ``"auto"``.
-
-    Returns:
-        The attended values.
-
-    Shapes:
-        q (B, H, Nq, hd), k and v (B, H, Nk, hd) -> (B, H, Nq, hd).
-    """
-    if backend != "sdpa" and _xops is not None and q.is_cuda:
-        B, H, Nq, hd = q.shape
-        Nk = k.shape[2]
-        bias = None
-        if mask is not None:
-            # xformers wants an additive (B, H, Nq, Nk) bias whose last dim is 8-aligned in memory
-            pad = (Nk + 7) // 8 * 8
-            bias = q.new_zeros(B, H, Nq, pad)[..., :Nk]
-            bias.masked_fill_(~mask.expand(B, H, Nq, Nk), float("-inf"))
-        out = _xops.memory_efficient_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias
-        )  # (B, Nq, H, hd)
-        return out.transpose(1, 2)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
+from fourm.models.attention_kernels import attention
 
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias. Without bias a zero ``bias`` buffer is kept, so that the
@@ -136,7 +96,7 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.backend = "sdpa"
+        self.backend = "sdpa"  # or "xformers": see fourm.models.attention_kernels
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         if qk_norm:
@@ -147,19 +107,16 @@ class Attention(nn.Module):
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v of ``x``, each (B, H, N, hd). A KV cache appends k and v along N."""
-        B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, N, hd) each
+        q, k, v = rearrange(self.qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.num_heads)  # (B, H, N, hd) each
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Args: x (B, N, D); mask bool (B, 1, N, N) or broadcastable, True = may attend."""
-        B, N, D = x.shape
         q, k, v = self.project_qkv(x)
         out = attention(q, k, v, mask, self.backend)  # (B, H, N, hd)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
 class CrossAttention(nn.Module):
@@ -174,7 +131,7 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.backend = "sdpa"
+        self.backend = "sdpa"  # or "xformers": see fourm.models.attention_kernels
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
@@ -186,9 +143,7 @@ class CrossAttention(nn.Module):
 
     def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of an (already normalised) context (B, N, D) -> 2 x (B, H, N, hd)."""
-        B, N, D = context.shape
-        kv = self.kv(context).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        k, v = kv.unbind(0)  # (B, H, N, hd)
+        k, v = rearrange(self.kv(context), "b n (kv h d) -> kv b h n d", kv=2, h=self.num_heads)  # (B, H, N, hd)
         if self.k_norm is not None:
             k = self.k_norm(k)
         return k, v
@@ -197,13 +152,12 @@ class CrossAttention(nn.Module):
                 kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Args: x (B, M, D) queries; context (B, N, D) or precomputed ``kv``; mask bool
         (B, 1, 1, N) or (B, 1, M, N), True = may attend."""
-        B, M, D = x.shape
-        q = self.q(x).reshape(B, M, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, M, hd)
+        q = rearrange(self.q(x), "b m (h d) -> b h m d", h=self.num_heads)  # (B, H, M, hd)
         if self.q_norm is not None:
             q = self.q_norm(q)
         k, v = kv if kv is not None else self.context_kv(context)
         out = attention(q, k, v, mask, self.backend)  # (B, H, M, hd)
-        return self.proj(out.transpose(1, 2).reshape(B, M, D))
+        return self.proj(rearrange(out, "b h m d -> b m (h d)"))
 
 
 def _mlp(dim: int, mlp_ratio: float, gated: bool, act: str, bias: bool) -> nn.Module:

@@ -20,6 +20,7 @@ Positions:
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from fourm.modalities import ModalitySpec
@@ -112,8 +113,7 @@ class ImageEncoderEmbedding(_Embedding):
         P, (rows, cols) = self.patch_size, self.grid
         if (H, W) != (rows * P, cols * P):
             raise ValueError(f"{self.name}: image is {H}x{W}, expected {rows * P}x{cols * P} (grid {rows}x{cols}, patch {P})")
-        x = image.reshape(B, C, rows, P, cols, P).permute(0, 2, 4, 3, 5, 1)  # (B, rows, cols, P, P, C)
-        return x.reshape(B, rows * cols, P * P * C)
+        return rearrange(image, "b c (rows p1) (cols p2) -> b (rows cols) (p1 p2 c)", p1=P, p2=P)
 
     def embed(self, entry: dict, b: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         image = entry["tokens"]
@@ -121,10 +121,9 @@ class ImageEncoderEmbedding(_Embedding):
         P, (rows, cols) = self.patch_size, self.grid
         if (H, W) != (rows * P, cols * P):
             raise ValueError(f"{self.name}: image is {H}x{W}, expected {rows * P}x{cols * P} (grid {rows}x{cols}, patch {P})")
-        # gather only the selected patches, then lay each out as (ph, pw, c)
-        grid = image.reshape(B, C, rows, P, cols, P)
-        patches = grid[b, :, p // cols, :, p % cols, :]  # (n, C, P, P): advanced dims go first
-        patches = patches.permute(0, 2, 3, 1).reshape(len(b), P * P * C)  # (n, P*P*C)
+        # gather only the selected patches (a view first, no copy), then lay each out as (ph, pw, c)
+        grid = rearrange(image, "b c (rows p1) (cols p2) -> b rows cols p1 p2 c", p1=P, p2=P)
+        patches = rearrange(grid[b, p // cols, p % cols], "n p1 p2 c -> n (p1 p2 c)")  # (n, P*P*C)
         return self.proj(patches), self._pos(p)
 
 

@@ -36,7 +36,6 @@ for the cross-attention keys/values of every decoder block, then per step ``forw
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -45,21 +44,17 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from fourm.atomic import atomic_write
-from fourm.models.blocks import ATTENTION_BACKENDS, Attention, Block, CrossAttention, DecoderBlock, LayerNorm
+from fourm.hub import CardInfo, PushToHubMixin, resolve_pretrained, write_model_card
+from fourm.models.attention_kernels import resolve_attention_backend
+from fourm.models.blocks import Attention, Block, CrossAttention, DecoderBlock, LayerNorm
 from fourm.models.config import FourMConfig
 from fourm.models.cpu_memory import head_cross_entropy
 from fourm.models.embeddings import (PAD_ID, ImageTokenDecoderEmbedding, build_decoder_embedding,
                                      build_encoder_embedding)
+from fourm.models.files import read_files, write_files
 
-FORMAT_NAME = "fourm.FourM"
-FORMAT_VERSION = 2
-# Version 1 files also hold a token table per image target (``decoder_embeddings.<name>.token_emb``)
-# that the forward never read: the reference has one. from_pretrained drops those tables.
-READS_VERSIONS = (1, 2)
 Batch = Mapping[str, Mapping[str, Tensor]]
 
 
@@ -206,7 +201,7 @@ def _key_mask(is_valid: Tensor) -> Tensor:
     return (is_valid | ~is_valid.any(1, keepdim=True))[:, None, None, :]
 
 
-class FourM(nn.Module):
+class FourM(nn.Module, PushToHubMixin):
     """The 4M encoder-decoder.
 
     Args:
@@ -268,13 +263,19 @@ class FourM(nn.Module):
             if not (self.config.share_modality_embeddings and name in self.encoder_embeddings):
                 emb.mod_emb.normal_(0.0, std, generator=g)
 
-    def set_attention_backend(self, backend: str) -> None:
-        """``"sdpa"`` (default), ``"xformers"`` or ``"auto"`` (xformers on CUDA when installed)."""
-        if backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"backend={backend!r}; allowed: {', '.join(ATTENTION_BACKENDS)}")
+    def set_attention_backend(self, backend: str, device: str | torch.device | None = None) -> str:
+        """Choose the attention kernel: ``auto`` (xformers when it runs on ``device``, else SDPA),
+        ``sdpa`` or ``xformers`` (see :mod:`fourm.models.attention_kernels`). Returns the one chosen.
+
+        Args:
+            backend: the setting (``model.attention`` of a run, ``--attention`` of the CLI).
+            device: where the model will run (default: where its weights are).
+        """
+        chosen = resolve_attention_backend(backend, self.mask_token.device if device is None else device)
         for m in self.modules():
             if isinstance(m, (Attention, CrossAttention)):
-                m.backend = backend
+                m.backend = chosen
+        return chosen
 
     def _check_batch(self, batch: Batch) -> int:
         if not batch:
@@ -487,46 +488,51 @@ class FourM(nn.Module):
         return EncoderFeatures(feats, sel.is_valid, pooled, per_mod, sel)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    def model_card(self) -> CardInfo:
+        """The default model card of :meth:`save_pretrained` and ``push_to_hub``."""
+        c, params = self.config, sum(p.numel() for p in self.parameters())
+        summary = (f"A FourM any-to-any masked model (4M, Mizrahi et al. 2023): width {c.dim}, {c.encoder_depth} encoder "
+                   f"and {c.decoder_depth} decoder blocks, {c.num_heads} heads, {params / 1e6:.1f} M parameters; "
+                   f"modalities {', '.join(f'`{m.name}` ({m.kind})' for m in c.modalities)}. Load it with "
+                   "`fourm.models.FourM.from_pretrained(\"<this repo or folder>\")`.")
+        return CardInfo("FourM", summary, "any-to-any", ("4m", "any-to-any", "multimodal", "masked-modeling"))
+
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None, *,
+                        card: CardInfo | None = None) -> Path:
         """Write ``config.json`` (with format name and version) and ``model.safetensors`` into
-        directory ``path``, each atomically.
+        directory ``path``, each atomically (:mod:`fourm.models.files`), and a model card ``README.md``.
 
         Args:
             path: the directory.
             dtype: store floating-point tensors in this dtype (e.g. ``torch.float16`` halves the
                 file); :meth:`from_pretrained` loads them back as float32. None keeps them as they are.
+            card: the model card; default :meth:`model_card`, written only when the folder has no
+                ``README.md`` yet (a card given here replaces it).
         """
-        if dtype is not None and not dtype.is_floating_point:
-            raise ValueError(f"dtype={dtype}; allowed: a floating-point dtype (e.g. torch.float16) or None")
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
-        tensors = unalias_state_dict(self.state_dict())
-        if dtype is not None:
-            tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-        atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
-        cfg = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": self.config.to_dict()}
-        atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
+        path = write_files(path, self.config, self.state_dict(), dtype)
+        write_model_card(path, card or self.model_card(), overwrite=card is not None)
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "FourM":
-        """Load a directory written by :meth:`save_pretrained`; keys must match exactly."""
-        path = Path(path)
-        cfg = json.loads((path / "config.json").read_text())
-        if cfg.get("format") != FORMAT_NAME or cfg.get("format_version") not in READS_VERSIONS:
-            raise ValueError(f"{path / 'config.json'}: format {cfg.get('format')!r} version {cfg.get('format_version')!r}; "
-                             f"expected {FORMAT_NAME!r} version {' or '.join(map(str, READS_VERSIONS))} "
-                             "(reference checkpoints: fourm.compat.ml4m)")
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, device: str | torch.device = "cpu", *,
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                        token: str | bool | None = None, local_files_only: bool = False,
+                        force_download: bool = False) -> "FourM":
+        """Load a folder written by :meth:`save_pretrained`, or a Hub repo id holding one; keys must
+        match exactly.
+
+        Args:
+            path_or_repo_id: a folder, or a Hub repo id (``owner/name``; see :mod:`fourm.hub`).
+            device: where the weights are loaded.
+            revision, cache_dir, token, local_files_only, force_download: for a repo id, as in
+                :func:`fourm.hub.resolve_pretrained` (branch / tag / commit, cache folder ...).
+        """
+        path = resolve_pretrained(path_or_repo_id, what="a folder written by FourM.save_pretrained", revision=revision,
+                                  cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                                  force_download=force_download, allow_patterns=["*.json", "*.safetensors", "*.md"])
+        config, state = read_files(path, device)
         with torch.device("meta"):
-            model = cls(FourMConfig.from_dict(cfg["config"]))
-        state = load_file(str(path / "model.safetensors"), device=str(device))
-        if cfg["format_version"] == 1:  # the unused token tables of image targets (see READS_VERSIONS)
-            unused = {f"decoder_embeddings.{m.name}.token_emb.weight" for m in model.config.modalities
-                      if m.kind == "image" and m.decoder}
-            state = {k: v for k, v in state.items() if k not in unused}
-        # weights stored in half precision (save_pretrained(dtype=...)) compute in float32
-        state = {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in state.items()}
+            model = cls(config)
         model.load_state_dict_checked(state, assign=True)
         return model
 
@@ -546,16 +552,4 @@ class FourM(nn.Module):
         if assign and self.config.share_modality_embeddings:  # assign breaks sharing: restore it
             for name in self.encoder_embeddings.keys() & self.decoder_embeddings.keys():
                 self.decoder_embeddings[name].mod_emb = self.encoder_embeddings[name].mod_emb
-
-
-def unalias_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Copy of ``state`` where tensors sharing memory are cloned (safetensors refuses aliases)."""
-    out, seen = {}, set()
-    for key, t in state.items():
-        t = t.detach()
-        ptr = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
-        out[key] = t.clone().contiguous() if ptr in seen else t.contiguous()
-        if ptr is not None:
-            seen.add(ptr)
-    return out
 

@@ -61,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=run_tokenizer_train)
 
     tt = tok.add_parser("train-text", help="train the WordPiece text tokenizer on ShapesWorld captions or on your shards")
-    tt.add_argument("--out", required=True, help="output folder (tokenizer.json + config.json)")
+    tt.add_argument("--out", required=True,
+                    help="output folder (tokenizer.json + config.json, and the files of transformers.AutoTokenizer)")
     tt.add_argument("--shards", default=None,
                     help="train on the texts of these raw shards (folder, glob or brace range) instead of ShapesWorld scenes")
     tt.add_argument("--field", default="caption", help="the shards' text field (default caption)")
@@ -71,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tt.add_argument("--num-samples", type=int, default=20000,
                     help="scenes whose captions are used (default 20000); with --shards, the most texts read")
     tt.add_argument("--vocab-size", type=int, default=8192, help="upper bound on the vocabulary (default 8192)")
+    tt.add_argument("--max-length", type=int, default=256,
+                    help="longest sequence, as declared to transformers.AutoTokenizer (default 256, the reference's)")
     tt.set_defaults(func=run_train_text)
 
 
@@ -160,7 +163,8 @@ def run_train_text(args: argparse.Namespace) -> int:
     else:
         captions = _shard_texts(args.shards, args.field, args.num_samples)
     try:
-        tok = train_text_tokenizer(captions, class_names=classes, vocab_size=args.vocab_size)
+        tok = train_text_tokenizer(captions, class_names=classes, vocab_size=args.vocab_size,
+                                   model_max_length=args.max_length)
     except ValueError as e:
         raise UsageError(f"fourm tokenizer train-text: {e}") from None
     tok.save_pretrained(args.out)

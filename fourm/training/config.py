@@ -11,7 +11,7 @@ a tokenizer and its images). In YAML the shared fields sit at the top level::
     precision: auto                   # auto | fp32 | bf16
     optim: {lr: 1.0e-3, warmup_steps: 100, ...}
     checkpoint: {every: 500, keep_last: 3}
-    logging: {every: 10, progress: true}
+    logging: {every: 10, progress: true, trackers: [tensorboard]}   # any of accelerate's trackers
 
 An unknown key anywhere raises :class:`fourm.config.ConfigError` naming its dotted path; bad
 combinations (warm-up longer than the run ...) are rejected at construction.
@@ -106,26 +106,50 @@ class CheckpointConfig:
             raise ValueError(f"every={self.every} and keep_last={self.keep_last} must be >= 1")
 
 
+def tracker_names() -> tuple[str, ...]:
+    """The experiment trackers ``accelerate`` knows (``tensorboard``, ``wandb``, ``mlflow``, ``aim``, ...)."""
+    from accelerate.utils import LoggerType
+
+    return tuple(t.value for t in LoggerType if t.value != "all")
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
-    """Metrics.
+    """Metrics: ``out_dir/metrics.jsonl`` always, and the same numbers to experiment trackers.
 
     Args:
         every: steps between lines in ``metrics.jsonl`` (and progress-bar updates of the loss).
         progress: tqdm bar on the main process.
-        tensorboard: also write TensorBoard events to ``out_dir/tensorboard`` (needs the
-            ``tensorboard`` package).
+        trackers: experiment trackers that also receive every line, through
+            ``accelerate.Accelerator(log_with=...)``: ``tensorboard``, ``wandb``, ``mlflow``, ``aim``,
+            ... (:func:`tracker_names`; each needs its package, ``pip install fourm[tracking]`` has
+            the first three). Local files go to ``out_dir/trackers``.
+        project: the trackers' project / run name (default: the ``out_dir`` folder's name).
+        tensorboard: the spelling before ``trackers``; ``true`` adds ``tensorboard`` to them.
         sample_keys: log the sample keys of every micro-batch to ``out_dir/samples/rank<r>.jsonl``.
     """
 
     every: int = 10
     progress: bool = True
+    trackers: tuple[str, ...] = ()
+    project: str | None = None
     tensorboard: bool = False
     sample_keys: bool = False
 
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError(f"every={self.every}: must be >= 1")
+        if isinstance(self.trackers, str):
+            raise ValueError(f"trackers={self.trackers!r}: give a list, e.g. [{self.trackers}]")
+        names = tuple(self.trackers) + (("tensorboard",) if self.tensorboard and "tensorboard" not in self.trackers
+                                        else ())
+        known = tracker_names()
+        for name in names:
+            if name not in known:
+                raise ValueError(f"trackers: {name!r} is not an accelerate tracker; known: {', '.join(known)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"trackers={list(names)} names a tracker twice")
+        object.__setattr__(self, "trackers", names)
 
 
 @dataclass(frozen=True)

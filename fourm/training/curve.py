@@ -7,7 +7,7 @@ The left panel is the training loss of every target modality (and the total) aga
 right panel the validation loss at each validation. The title states the steps, the wall time
 (summed over resumes) and the mean training throughput.
 
-matplotlib is needed for the PNG only (``pip install matplotlib``; it is in the ``dev`` extra).
+matplotlib is needed for the PNG only (``pip install matplotlib``; it is in the ``notebooks`` extra).
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def plot_curve(metrics: MetricsSummary, out: str | os.PathLike, title: str | Non
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("plotting needs matplotlib: pip install matplotlib (or fourm[dev])") from e
+        raise ImportError("plotting needs matplotlib: pip install matplotlib (or 'fourm[notebooks]')") from e
 
     fin = metrics.final()
     fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 
@@ -20,11 +21,27 @@ from fourm.config import ConfigError
 from fourm.training.config import DistributedConfig
 
 
-def build_accelerator(precision: str, dist: DistributedConfig, fsdp_blocks: tuple[str, ...] = ()):
+def build_accelerator(precision: str, dist: DistributedConfig, fsdp_blocks: tuple[str, ...] = (),
+                      trackers: tuple[str, ...] = (), out_dir: str | Path | None = None):
     """The Accelerator of a run: CPU (gloo) without CUDA; with ``precision`` ``auto``, bf16 autocast
-    on CUDA; FSDP if asked, wrapping the classes named in ``fsdp_blocks`` one by one."""
+    on CUDA; FSDP if asked, wrapping the classes named in ``fsdp_blocks`` one by one; experiment
+    ``trackers`` (``log_with``) writing local files under ``out_dir/trackers``.
+
+    Raises:
+        ConfigError: a tracker whose package is not installed (accelerate would drop it silently).
+    """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    installed = {str(t) for t in get_available_trackers()}
+    missing = [t for t in trackers if t not in installed]
+    if missing:
+        raise ConfigError(f"logging.trackers: {', '.join(map(repr, missing))} not installed (installed: "
+                          f"{', '.join(sorted(installed)) or 'none'}); pip install {' '.join(missing)} (or "
+                          "fourm[tracking] for tensorboard, wandb and mlflow), or remove it from logging.trackers")
+    project = None if out_dir is None else ProjectConfiguration(project_dir=str(out_dir),
+                                                                 logging_dir=str(Path(out_dir) / "trackers"))
 
     cuda = torch.cuda.is_available()
     bf16 = precision == "bf16" or (precision == "auto" and cuda and torch.cuda.is_bf16_supported())
@@ -44,7 +61,8 @@ def build_accelerator(precision: str, dist: DistributedConfig, fsdp_blocks: tupl
             activation_checkpointing=dist.activation_checkpointing)
     return Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no", fsdp_plugin=plugin,
                        kwargs_handlers=[DistributedDataParallelKwargs(
-                           find_unused_parameters=dist.find_unused_parameters)])
+                           find_unused_parameters=dist.find_unused_parameters)],
+                       log_with=list(trackers) or None, project_config=project)
 
 
 def apply_activation_checkpointing(model: torch.nn.Module, blocks: tuple[type, ...]) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from fourm.config import ConfigError, apply_overrides, from_dict, load_yaml
 from fourm.masking import MaskingConfig
 from fourm.modalities import ModalityRegistry
-from fourm.models import MODEL_SIZES, FourMConfig
+from fourm.models import ATTENTION_BACKENDS, MODEL_SIZES, FourMConfig
 from fourm.training.config import RunConfig
 
 
@@ -36,7 +36,9 @@ from fourm.training.config import RunConfig
 class ModelConfig:
     """Architecture: a named size (``tiny`` ... ``xlarge``) and/or explicit values that override it.
 
-    Without ``size`` the four width/depth fields are required.
+    Without ``size`` the four width/depth fields are required. ``attention`` picks the attention
+    kernel, not the architecture: ``auto`` (xformers where it runs, else SDPA), ``sdpa`` or
+    ``xformers`` (:mod:`fourm.models.attention_kernels`); it may change when a run resumes.
     """
 
     size: str | None = None
@@ -47,8 +49,11 @@ class ModelConfig:
     mlp_ratio: float | None = None
     qk_norm: bool | None = None
     init_seed: int | None = None
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention={self.attention!r}; allowed: {', '.join(ATTENTION_BACKENDS)}")
         if self.size is not None and self.size not in MODEL_SIZES:
             raise ValueError(f"size={self.size!r}; allowed: {', '.join(MODEL_SIZES)} (or leave it out)")
         if self.size is None:
@@ -225,7 +230,8 @@ class TrainConfig(RunConfig):
         """Whether the dotted setting ``key`` may differ from the checkpoint's on resume: the
         shared ones, validation, workers and where the shards are (they may move)."""
         return (super().may_change_on_resume(key)
-                or key.startswith(("val.", "data.num_workers", "data.prefetch_factor", "reuse_cpu_memory"))
+                or key.startswith(("val.", "data.num_workers", "data.prefetch_factor", "reuse_cpu_memory",
+                                   "model.attention"))
                 or (key.startswith("data.train.") and ".shards" in key))
 
     @property

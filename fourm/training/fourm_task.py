@@ -114,6 +114,10 @@ class FourMTask(TrainTask):
         if cfg.init_from is not None and not resuming:
             load_initial_weights(model, cfg.init_from)
         model.set_cpu_memory_reuse(cfg.reuse_cpu_memory)
+        # Outside a run (no context yet: a script or test building the model) the model is on the CPU.
+        device = self.ctx.device if self.ctx is not None else torch.device("cpu")
+        chosen = model.set_attention_backend(cfg.model.attention, device)
+        logger.info("attention: %s (model.attention=%s, device %s)", chosen, cfg.model.attention, device)
         return model
 
     def no_decay(self, model: nn.Module) -> set[str]:

@@ -1,5 +1,6 @@
-"""Where training metrics go: a JSON-lines file, optionally TensorBoard, per-rank sample-key logs, and
-the sums of the open logging interval (:class:`LogInterval`, kept in checkpoints).
+"""Where training metrics go: a JSON-lines file, the run's experiment trackers (accelerate's: TensorBoard,
+W&B, MLflow ...), per-rank sample-key logs, and the sums of the open logging interval
+(:class:`LogInterval`, kept in checkpoints).
 
 ``metrics.jsonl`` holds one object per line: training lines ``{"step", "split": "train", "loss",
 "loss/<modality>", "lr", "grad_norm", "tokens_per_s", ...}`` and validation lines ``{"step",
@@ -14,7 +15,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -64,37 +65,32 @@ class JsonlWriter:
         self._f.close()
 
 
+def tracker_values(record: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of a ``metrics.jsonl`` record as trackers take them: ``"<split>/<name>"``."""
+    split = record.get("split", "train")
+    return {f"{split}/{k}": v for k, v in record.items()
+            if k not in ("step", "split") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 class MetricsLog:
-    """``metrics.jsonl`` and, if asked for, TensorBoard scalars (main process only).
+    """``metrics.jsonl`` and the same numbers to the run's trackers (main process only).
 
     Args:
         out_dir: the run folder.
-        tensorboard: also write ``out_dir/tensorboard`` event files.
+        log: ``Accelerator.log`` when the run has trackers (``logging.trackers``), else None.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, tensorboard: bool = False) -> None:
+    def __init__(self, out_dir: str | os.PathLike, log: Callable[..., None] | None = None) -> None:
         self.jsonl = JsonlWriter(Path(out_dir) / "metrics.jsonl")
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # the tensorboard package is optional
-                raise RuntimeError("logging.tensorboard=true needs the 'tensorboard' package "
-                                   f"(pip install tensorboard), or set logging.tensorboard=false ({e})") from None
-            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+        self.log = log
 
     def write(self, record: Mapping[str, Any]) -> None:
         self.jsonl.write(record)
-        if self.tb is not None:
-            split, step = record.get("split", "train"), int(record["step"])
-            for k, v in record.items():
-                if k not in ("step", "split") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(f"{split}/{k}", v, step)
+        if self.log is not None:
+            self.log(tracker_values(record), step=int(record["step"]))
 
     def close(self) -> None:
         self.jsonl.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 class LogInterval:

@@ -85,6 +85,17 @@ class TrainSummary:
     is_main: bool = True
 
 
+def flat_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as trackers take hyperparameters: dotted keys, scalar values (lists as text)."""
+    if isinstance(config, dict):
+        out: dict[str, Any] = {}
+        for k, v in config.items():
+            out.update(flat_config(v, f"{prefix}{k}."))
+        return out
+    value = config if isinstance(config, (int, float, str, bool)) or config is None else str(config)
+    return {prefix[:-1]: "null" if value is None else value}
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Seed of torch's global generator for one step of one process."""
     return int(np.random.SeedSequence([seed, STEP_SEED_TAG, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -130,7 +141,8 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
-        self.accelerator = acc = build_accelerator(cfg.precision, cfg.distributed, task.fsdp_blocks)
+        self.accelerator = acc = build_accelerator(cfg.precision, cfg.distributed, task.fsdp_blocks,
+                                                   cfg.logging.trackers, self.out_dir)
         self.rank, self.world_size, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
         # one run per out_dir: the main process holds its lock from here to close()
         self._lock = FolderLock(self.out_dir, f"fourm {task.name} training", "out_dir") if self.is_main else None
@@ -432,6 +444,7 @@ class Trainer:
                 "fused_adamw": bool(self.optimizer.defaults.get("fused")),
                 "activation_checkpointing": self.config.distributed.activation_checkpointing,
                 "global_batch": self.config.data.batch_size * self.world_size * self.config.optim.grad_accum,
+                "trackers": list(self.config.logging.trackers),
                 "torch": torch.__version__, "accelerate": accelerate.__version__,
                 "torch_threads": torch.get_num_threads()}
 
@@ -443,7 +456,7 @@ class Trainer:
             save_json_atomic(to_dict(self.config), self.out_dir / ckpt.CONFIG_NAME)
             save_json_atomic(self.run_info(), self.out_dir / "run_info.json")
             truncate_jsonl(self.out_dir / "metrics.jsonl", self.step)
-            self.metrics = MetricsLog(self.out_dir, self.config.logging.tensorboard)
+            self.metrics = MetricsLog(self.out_dir, self._start_trackers())
         self.sample_log = None
         if self.config.logging.sample_keys:
             path = self.out_dir / "samples" / f"rank{self.rank}.jsonl"
@@ -451,6 +464,16 @@ class Trainer:
             truncate_jsonl(path, self.step)
             self.sample_log = JsonlWriter(path)
         self.accelerator.wait_for_everyone()
+
+    def _start_trackers(self) -> Any:
+        """Start the run's experiment trackers once (main process); returns ``Accelerator.log`` or None."""
+        acc, cfg = self.accelerator, self.config
+        if not cfg.logging.trackers:
+            return None
+        if not acc.trackers:
+            project = cfg.logging.project or self.out_dir.resolve().name
+            acc.init_trackers(project, config=flat_config(to_dict(cfg)))
+        return acc.log
 
     def fit(self, until_step: int | None = None) -> TrainSummary:
         """Train to ``config.steps`` (or stop early at ``until_step`` with a checkpoint).
@@ -509,10 +532,14 @@ class Trainer:
                             self.is_main)
 
     def close(self) -> None:
-        """Stop data workers (also done when the process exits) and give back the lock on out_dir."""
+        """Stop data workers (also done when the process exits), finish the experiment trackers and
+        give back the lock on out_dir."""
         try:
             self.data.close()
             self.task.close()
+            for tracker in self.accelerator.trackers:  # not end_training(): it would also end the process group
+                tracker.finish()
+            self.accelerator.trackers.clear()
         finally:
             if self._lock is not None:
                 self._lock.release()

@@ -140,7 +140,11 @@ class DiffusionDecoder(nn.Module):
 
     def __init__(self, latent_dim: int, out_channels: int, config: DiffusionConfig, image_size: int) -> None:
         super().__init__()
-        from diffusers import DDPMScheduler, UNet2DModel
+        try:
+            from diffusers import DDPMScheduler, UNet2DModel
+        except ImportError as e:
+            raise ImportError("decoder.kind: diffusion needs diffusers: pip install 'fourm[diffusion]' (or use "
+                              f"decoder.kind: conv) ({e})") from e
 
         self.config = config
         self.out_channels = out_channels

@@ -1,6 +1,7 @@
 """``load_tokenizers``: every tokenizer of a folder, by name.
 
     toks = load_tokenizers("tokenizers/shapes64")    # {"depth": ImageTokenizer, "rgb": ..., "semseg": ..., "text": TextTokenizer}
+    toks = load_tokenizers("org/shapes64-tokenizers", revision="v1")   # the same folder as a Hub repo
     toks[spec.tokenizer].encode(...)                  # a modality finds its tokenizer by ModalitySpec.tokenizer
 
 A tokenizer set is a folder with one subfolder per tokenizer, named after it: an image tokenizer
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from fourm.hub import resolve_pretrained
 from fourm.vq.text import TOKENIZER_TYPE, TextTokenizer
 from fourm.vq.vqvae import CONFIG_NAME, ImageTokenizer
 
@@ -35,21 +37,27 @@ def tokenizer_type(folder: str | os.PathLike) -> str | None:
                      f"tokenizer (tokenizer_type {TOKENIZER_TYPE!r})")
 
 
-def load_tokenizers(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load every tokenizer in ``directory``, one per subfolder with a ``config.json``.
+def load_tokenizers(path_or_repo_id: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                    token: str | bool | None = None, local_files_only: bool = False,
+                    force_download: bool = False) -> dict[str, Any]:
+    """Load every tokenizer in a folder (or a Hub repo laid out as one), one per subfolder with a
+    ``config.json``.
 
     Args:
-        directory: the tokenizer set.
+        path_or_repo_id: the tokenizer set: a folder, or a Hub repo id (``owner/name``; see :mod:`fourm.hub`).
         map_location: device of the image tokenizers.
+        revision, cache_dir, token, local_files_only, force_download: for a repo id, as in
+            :func:`fourm.hub.resolve_pretrained`.
     Returns:
         ``{folder name: ImageTokenizer | TextTokenizer}``, sorted by name.
     Raises:
-        FileNotFoundError: ``directory`` is missing or holds no tokenizer.
+        FileNotFoundError: neither a folder nor a loadable repo, or it holds no tokenizer.
         ValueError: an image tokenizer sits in a folder not named after its modality.
     """
-    root = Path(directory)
-    if not root.is_dir():
-        raise FileNotFoundError(f"tokenizer folder {root} does not exist")
+    root = resolve_pretrained(path_or_repo_id, what="a tokenizer folder (one subfolder per tokenizer: rgb/, text/ ...)",
+                              revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                              force_download=force_download)
     out: dict[str, Any] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         kind = tokenizer_type(sub)

@@ -18,8 +18,9 @@ Usage::
 
     tok = train_text_tokenizer(captions, class_names=["circle", "square"], vocab_size=4600)
     ids = tok.encode("a red circle", add_eos=True)
-    tok.save_pretrained("out/tok/text")
-    tok = TextTokenizer.from_pretrained("out/tok/text")
+    tok.save_pretrained("out/tok/text")       # also the files of transformers.AutoTokenizer (fourm.vq.text_transformers)
+    tok = TextTokenizer.from_pretrained("out/tok/text")      # or a Hub repo id
+    hf_tok = tok.to_transformers()            # a transformers.PreTrainedTokenizerFast with the same ids
     ref = TextTokenizer.from_file("text_tokenizer_4m_wordpiece_30k.json")   # the reference's file
 """
 from __future__ import annotations
@@ -33,6 +34,9 @@ from typing import Any, Iterable, Sequence
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from fourm.atomic import atomic_write_text
+from fourm.hub import CardInfo, PushToHubMixin, resolve_pretrained, write_model_card
+from fourm.vq import text_transformers as hf
+from fourm.vq.text_transformers import DEFAULT_MODEL_MAX_LENGTH, TOKENIZER_FILE
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[SOS]", "[EOS]")
 PAD_ID, UNK_ID, SOS_ID, EOS_ID = 0, 1, 2, 3
@@ -41,7 +45,6 @@ DEFAULT_NUM_SENTINELS = 200
 DEFAULT_NUM_BINS = 1000
 FORMAT_VERSION = 1
 TOKENIZER_TYPE = "wordpiece_text"
-TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "config.json"
 _CONFIG_KEYS = frozenset({"format_version", "tokenizer_type", "vocab_size", "layout"})
 # [PAD], [SOS] and [EOS] structure a sequence; [UNK] stands for lost content, so decode keeps it.
@@ -164,16 +167,22 @@ def _as_id_list(ids: Any) -> list[int]:
     return [int(i) for i in ids]
 
 
-class TextTokenizer:
+class TextTokenizer(PushToHubMixin):
     """A ``tokenizers.Tokenizer`` plus the meaning of its reserved ids.
 
     Args:
         tokenizer: the Hugging Face tokenizer; it is used as is (encode gives its exact ids).
         require_layout: raise ``LayoutError`` if the tokenizer does not follow the 4M layout. With False, an
             arbitrary tokenizer loads; ``layout`` is then None and the layout-specific methods raise.
+        model_max_length: the longest sequence, as declared to ``transformers`` (truncation, padding
+            to max length); fourm's own sequences have their length in the model's ``ModalitySpec``.
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, require_layout: bool = True) -> None:
+    def __init__(self, tokenizer: Tokenizer, *, require_layout: bool = True,
+                 model_max_length: int = DEFAULT_MODEL_MAX_LENGTH) -> None:
+        if not isinstance(model_max_length, int) or model_max_length < 1:
+            raise ValueError(f"model_max_length={model_max_length!r}; expected an integer >= 1")
+        self.model_max_length = model_max_length
         self._tok = tokenizer
         self._vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)  # ~1 ms per backend call: cache it
         self._layout_error: str | None = None
@@ -196,9 +205,21 @@ class TextTokenizer:
         return cls(Tokenizer.from_file(str(path)), require_layout=require_layout)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "TextTokenizer":
-        """Load a folder written by ``save_pretrained`` and check it against its config."""
-        directory = Path(directory)
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
+                        local_files_only: bool = False, force_download: bool = False) -> "TextTokenizer":
+        """Load a folder written by ``save_pretrained`` (or a Hub repo id holding one) and check it
+        against its config.
+
+        Args:
+            path_or_repo_id: a folder, or a Hub repo id (``owner/name``; see :mod:`fourm.hub`).
+            revision, cache_dir, token, local_files_only, force_download: for a repo id, as in
+                :func:`fourm.hub.resolve_pretrained`.
+        """
+        directory = resolve_pretrained(path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token,
+                                       local_files_only=local_files_only, force_download=force_download,
+                                       what="a folder written by TextTokenizer.save_pretrained (config.json + "
+                                            "tokenizer.json)", allow_patterns=["*.json", "*.md"])
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found; expected a folder written by TextTokenizer.save_pretrained")
@@ -213,6 +234,7 @@ class TextTokenizer:
             raise ValueError(f"{config_path}: tokenizer_type {config.get('tokenizer_type')!r}, expected {TOKENIZER_TYPE!r}")
         want = config.get("layout")
         tok = cls.from_file(directory / TOKENIZER_FILE, require_layout=want is not None)
+        tok.model_max_length = hf.read_model_max_length(directory) or DEFAULT_MODEL_MAX_LENGTH
         if want is not None:
             try:
                 want = TextLayout(**want)
@@ -225,8 +247,22 @@ class TextTokenizer:
                              f"but {config_path} says {config.get('vocab_size')}")
         return tok
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``tokenizer.json`` and ``config.json`` (format version, layout, vocab size) atomically.
+    def model_card(self) -> CardInfo:
+        """The default model card of :meth:`save_pretrained` and ``push_to_hub``."""
+        layout = "no 4M layout" if self.layout is None else (
+            f"{self.layout.num_sentinels} sentinels, {self.layout.num_bins} bins per box coordinate, class tokens "
+            f"{', '.join(self.layout.class_names) or '(none)'}")
+        summary = (f"The WordPiece text tokenizer of a fourm model: {self.vocab_size} ids in the 4M id layout "
+                   f"({layout}). Captions and serialised boxes share it.\n\n```python\n"
+                   "from fourm.vq.text import TextTokenizer\ntok = TextTokenizer.from_pretrained(\"<this repo or folder>\")"
+                   "\n# or: transformers.AutoTokenizer.from_pretrained(\"<this repo or folder>\")\n```")
+        return CardInfo(title="fourm TextTokenizer", summary=summary, pipeline_tag="any-to-any",
+                        tags=("4m", "tokenizer", "wordpiece"))
+
+    def save_pretrained(self, directory: str | os.PathLike, *, card: CardInfo | None = None) -> Path:
+        """Write ``tokenizer.json`` and ``config.json`` (format version, layout, vocab size), the
+        files of ``transformers.AutoTokenizer`` (:mod:`fourm.vq.text_transformers`) and a model card
+        ``README.md`` (default :meth:`model_card`, only if the folder has none), each atomically.
 
         Returns:
             The folder.
@@ -238,9 +274,34 @@ class TextTokenizer:
             "class_names": list(self.layout.class_names)}
         config = {"format_version": FORMAT_VERSION, "tokenizer_type": TOKENIZER_TYPE,
                   "vocab_size": self.vocab_size, "layout": layout}
-        atomic_write_text(directory / TOKENIZER_FILE, self._tok.to_str(pretty=True))
+        hf.write_transformers_files(directory, self._hub_backend(), self.transformers_special_tokens(),
+                                    self.model_max_length)
         atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        write_model_card(directory, card or self.model_card(), overwrite=card is not None)
         return directory
+
+    def transformers_special_tokens(self) -> dict[str, Any]:
+        """The special tokens declared to ``transformers``: ``pad/unk/bos/eos_token`` ([PAD], [UNK],
+        [SOS], [EOS], those the vocabulary has) and ``additional_special_tokens``: the sentinels and
+        coordinate tokens of the 4M layout, in id order. Class names stay words."""
+        roles = ("pad_token", "unk_token", "bos_token", "eos_token")
+        out: dict[str, Any] = {r: t for r, t in zip(roles, SPECIAL_TOKENS) if self.token_to_id(t) is not None}
+        if self.layout is not None:
+            out["additional_special_tokens"] = self.layout.reserved_tokens()[len(SPECIAL_TOKENS):self.layout.first_class_id]
+        return out
+
+    def _hub_backend(self) -> Tokenizer:
+        """The backend as saved: class-name tokens plain rather than special (see :mod:`fourm.vq.text_transformers`)."""
+        if self.layout is None:
+            return self._tok
+        first = self.layout.first_class_id
+        return hf.hub_backend(self._tok, range(first, first + len(self.layout.class_names)))
+
+    def to_transformers(self) -> Any:
+        """This tokenizer as a ``transformers.PreTrainedTokenizerFast`` (what
+        ``AutoTokenizer.from_pretrained`` gives for a saved folder): same ids, pad/unk/bos/eos,
+        sentinels and coordinate tokens declared special, ``model_max_length``."""
+        return hf.to_transformers(self._hub_backend(), self.transformers_special_tokens(), self.model_max_length)
 
     # ---- layout -------------------------------------------------------------------------------------------
     def _need_layout(self, what: str) -> TextLayout:
@@ -406,6 +467,7 @@ def train_text_tokenizer(
     num_bins: int = DEFAULT_NUM_BINS,
     min_frequency: int = 0,
     show_progress: bool = True,
+    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
 ) -> TextTokenizer:
     """Train a WordPiece tokenizer with the 4M layout (specials, sentinels, coordinates, classes, pieces).
 
@@ -424,6 +486,7 @@ def train_text_tokenizer(
         num_bins: bins per coordinate axis (reference: 1000).
         min_frequency: pieces seen fewer times are not learned.
         show_progress: the trainer's progress bar.
+        model_max_length: the longest sequence, as declared to ``transformers``.
 
     Returns:
         The trained tokenizer; its layout is verified id by id before it is returned.
@@ -474,7 +537,7 @@ def train_text_tokenizer(
 
     tok.train_from_iterator(texts_and_words(), trainer=trainer, length=length)
     words = {w for raw in raw_words for w, _ in tok.pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(raw))}
-    out = TextTokenizer(_canonical_pieces(tok, layout.first_piece_id, words))
+    out = TextTokenizer(_canonical_pieces(tok, layout.first_piece_id, words), model_max_length=model_max_length)
     if out.layout != layout:  # the trainer places special tokens first, in order; check that it did
         raise RuntimeError(f"trained tokenizer has layout {out.layout}, expected {layout}")
     for token_id, token in enumerate(layout.reserved_tokens()):

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fourm.config import from_dict, save_json_atomic, to_dict
+from fourm.hub import CardInfo, PushToHubMixin, resolve_pretrained, write_model_card
 from fourm.vq.config import TokenizerConfig
 from fourm.vq.convnets import Decoder, Encoder
 from fourm.vq.diffusion import check_steps
@@ -69,7 +70,7 @@ class TokenizerOutput(NamedTuple):
     output: torch.Tensor
 
 
-class ImageTokenizer(nn.Module):
+class ImageTokenizer(nn.Module, PushToHubMixin):
     """Encoder, quantizer and decoder for one image modality, with normalisation inside.
 
     Stored formats (``encode`` input and ``decode`` output; one image without B also works):
@@ -289,8 +290,21 @@ class ImageTokenizer(nn.Module):
         self.token_grid(x.shape[-2], x.shape[-1])
 
     # save / load --------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` (format version, config, weights hash).
+    def model_card(self) -> CardInfo:
+        """The default model card of :meth:`save_pretrained` and ``push_to_hub``."""
+        c = self.config
+        summary = (f"A fourm image tokenizer for `{c.modality}` images (stored as {c.kind}): {c.image_size} px "
+                   f"training images, {c.downsample} x {c.downsample} pixels per token, {self.codebook_size} codes, "
+                   f"{c.decoder.kind} decoder.\n\n```python\nfrom fourm.vq.vqvae import ImageTokenizer\n"
+                   "tok = ImageTokenizer.from_pretrained(\"<this repo or folder>\")\n"
+                   "tokens = tok.encode(images); images = tok.decode(tokens)\n```")
+        return CardInfo(title=f"fourm ImageTokenizer: {c.modality}", summary=summary,
+                        pipeline_tag="image-feature-extraction", tags=("4m", "vq-vae", "image-tokenizer", c.modality))
+
+    def save_pretrained(self, directory: str | os.PathLike, *, card: CardInfo | None = None) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` (format version, config, weights hash),
+        and a model card ``README.md`` (default :meth:`model_card`, only if the folder has none;
+        a ``card`` given here replaces it).
 
         Each file is written atomically; the config is written last and names the weights'
         sha256, so a torn save is detected at load time.
@@ -315,15 +329,29 @@ class ImageTokenizer(nn.Module):
             "weights_sha256": digest,
         }
         save_json_atomic(meta, d / CONFIG_NAME)
+        write_model_card(d, card or self.model_card(), overwrite=card is not None)
         return d
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "ImageTokenizer":
-        """Load a tokenizer written by ``save_pretrained``; strict about version, keys and hash.
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                        token: str | bool | None = None, local_files_only: bool = False,
+                        force_download: bool = False) -> "ImageTokenizer":
+        """Load a tokenizer written by ``save_pretrained`` (a folder, or a Hub repo id holding one);
+        strict about version, keys and hash.
+
+        Args:
+            path_or_repo_id: a folder, or a Hub repo id (``owner/name``; see :mod:`fourm.hub`).
+            map_location: the tokenizer's device.
+            revision, cache_dir, token, local_files_only, force_download: for a repo id, as in
+                :func:`fourm.hub.resolve_pretrained`.
 
         Returns the tokenizer in eval mode, with codebook syncing across processes off.
         """
-        d = Path(directory)
+        d = resolve_pretrained(path_or_repo_id, what="a folder written by ImageTokenizer.save_pretrained",
+                               revision=revision, cache_dir=cache_dir, token=token,
+                               local_files_only=local_files_only, force_download=force_download,
+                               allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "*.md"])
         meta_path, weights_path = d / CONFIG_NAME, d / WEIGHTS_NAME
         for p in (meta_path, weights_path):
             if not p.is_file():
