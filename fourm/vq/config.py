@@ -101,9 +101,10 @@ class LossConfig:
     colour (:func:`fourm.vq.losses.row_mean_background`), which drops ground texture and keeps the
     sky gradient and the horizon. ``invariance`` (with ``row_mean``; default 0 = off) adds
     ``invariance * (1 - cos)`` between each latent and the (stop-gradient) latent of the same image
-    with that plain background, so that texture does not pick the code. Both make background codes
-    predictable for a FourM (experiments/tokenizer_proxies/README.md) at some cost in PSNR; both
-    need the object pixels, like ``object_weight``.
+    with that plain background, so that texture does not pick the code. ``row_mean`` made codes
+    more predictable for a FourM at a small cost in PSNR; ``invariance`` bought little more for a
+    large loss of object detail (experiments/tokenizer_proxies/README.md). Both need the object
+    pixels, like ``object_weight``.
     """
 
     l1: float | None = None
