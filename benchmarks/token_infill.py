@@ -84,17 +84,17 @@ def main() -> None:
     t0 = time.perf_counter()
     model = FourM.from_pretrained(args.model).eval()
     toks = load_tokenizers(args.tokenizers)
-    names = {s.tokenizer: s.name for s in model.specs.values()
-             if s.kind == "image" and s.decoder and s.tokenizer in toks}
-    if not names:
+    specs = [s for s in model.specs.values() if s.kind == "image" and s.decoder and s.tokenizer in toks]
+    if not specs:
         raise SystemExit(f"error: {args.model} has no image-token modality with a tokenizer in {args.tokenizers}")
-    batch = render_batch(args.seed, range(args.num_samples), toks[next(iter(names))].config.image_size)
+    batch = render_batch(args.seed, range(args.num_samples), toks[specs[0].tokenizer].config.image_size)
     results: dict = {"model": args.model, "tokenizers": args.tokenizers, "seed": args.seed,
                      "num_samples": args.num_samples, "mask_seed": args.mask_seed, "given": {}}
     print(f"hidden-token cross-entropy (nats), {args.num_samples} scenes of seed {args.seed}, {args.model}")
     print(f"  {'modality':<11} {'given':>5} {'all':>6} {'object':>7} {'background':>11}")
-    for raw, name in names.items():
-        tokens = toks[raw].encode(batch[raw])  # (B, h, w)
+    for spec in specs:  # each with the tokenizer its spec names (tok_rgb may use rgb_gen/)
+        name = spec.name
+        tokens = toks[spec.tokenizer].encode(batch[spec.raw_field])  # (B, h, w)
         is_object = object_token_mask(batch["semseg"], tuple(tokens.shape[1:]))
         for given in (float(g) for g in args.given.split(",")):
             gen = torch.Generator().manual_seed(args.mask_seed)
