@@ -244,6 +244,24 @@ def test_load_tokenizers_folder(tmp_path):
     tiny_tokenizer("depth").save_pretrained(tmp_path / "wrong" / "rgb")
     with pytest.raises(ValueError, match="holds a 'depth' tokenizer"):
         load_tokenizers(tmp_path / "wrong")
+    tiny_tokenizer("depth").save_pretrained(tmp_path / "wrong2" / "rgb_gen")
+    with pytest.raises(ValueError, match="holds a 'depth' tokenizer"):
+        load_tokenizers(tmp_path / "wrong2")
+
+
+def test_a_second_tokenizer_of_a_modality_sits_in_a_variant_folder(tmp_path):
+    """rgb_gen/ (a second rgb tokenizer, e.g. one made for generation) loads beside rgb/, reads the
+    rgb field in tokenizer eval and in tokenize, and writes its own token field."""
+    from fourm.data.pretokenize import plan_fields
+
+    tiny_tokenizer("rgb", seed=0).save_pretrained(tmp_path / "rgb")
+    tiny_tokenizer("rgb", seed=1).save_pretrained(tmp_path / "rgb_gen")
+    toks = load_tokenizers(tmp_path)
+    assert sorted(toks) == ["rgb", "rgb_gen"] and toks["rgb_gen"].modality == "rgb"
+    res = evaluate_tokenizers(toks, seed=3, num_samples=2, parser=False, progress=False)
+    assert res["skipped"] == [] and res["rgb"]["psnr"] != res["rgb_gen"]["psnr"]  # both scored, different weights
+    plan = {f.tokenizer: f for f in plan_fields(toks)}
+    assert (plan["rgb_gen"].raw_field, plan["rgb_gen"].token_field) == ("rgb", "tok_rgb_gen")
 
 
 # --- training --------------------------------------------------------------------------------------

@@ -88,8 +88,9 @@ def plan_fields(tokenizers: Mapping[str, Any], specs: Sequence[ModalitySpec] | N
         tokenizers: ``load_tokenizers`` output.
         specs: the modalities to tokenise (e.g. a training config's); their tokenizers must be
             in ``tokenizers``; pixel modalities are left out (copy them with ``keep``). None:
-            every image tokenizer on the raw field of its name and the ``text`` tokenizer on
-            ``text_fields``, named by :func:`fourm.modalities.token_field_for`.
+            every image tokenizer on the raw field of its modality (``rgb_gen/`` reads ``rgb``)
+            and the ``text`` tokenizer on ``text_fields``, named by
+            :func:`fourm.modalities.token_field_for`.
         text_fields: raw text fields (used without ``specs``).
     """
     if specs is not None:
@@ -99,7 +100,7 @@ def plan_fields(tokenizers: Mapping[str, Any], specs: Sequence[ModalitySpec] | N
             raise ValueError(f"no tokenizer {missing[0]!r} for the modalities given; the tokenizer set has: "
                              f"{', '.join(tokenizers)}")
         return plan
-    plan = [TokenField("image", name, name, token_field_for(name))
+    plan = [TokenField("image", tok.modality, name, token_field_for(name))  # rgb_gen/ reads rgb, writes tok_rgb_gen
             for name, tok in tokenizers.items() if isinstance(tok, ImageTokenizer)]
     if TEXT_TOKENIZER in tokenizers:
         plan += [TokenField("sequence", f, TEXT_TOKENIZER, token_field_for(f)) for f in text_fields]

@@ -189,7 +189,7 @@ def evaluate_tokenizers(
     from fourm.vq.vqvae import ImageTokenizer
 
     every = {m: t for m, t in tokenizers.items() if isinstance(t, ImageTokenizer)}
-    image_toks = {m: t for m, t in every.items() if m in SCENE_IMAGES}
+    image_toks = {m: t for m, t in every.items() if t.modality in SCENE_IMAGES}  # rgb/, rgb_gen/, depth/ ...
     if not image_toks:
         raise ValueError(f"no image tokenizer of a ShapesWorld scene field ({', '.join(SCENE_IMAGES)}) among "
                          f"{sorted(tokenizers)}")
@@ -208,16 +208,17 @@ def evaluate_tokenizers(
                          f"{', '.join(image_toks)} all have conv decoders (leave it unset)")
     decoders = {m: decoder_for(t, settings[m]) for m, t in image_toks.items()}
     start = time.perf_counter()
-    metrics = {m: ReconstructionMetrics(m, t.codebook_size, parser=parser and t.kind == "rgb", kind=t.kind)
+    metrics = {m: ReconstructionMetrics(t.modality, t.codebook_size, parser=parser and t.kind == "rgb", kind=t.kind)
                for m, t in image_toks.items()}
     codes: dict[str, dict[str, list[torch.Tensor]]] = {"eval": {m: [] for m in image_toks}, "fit": {m: [] for m in image_toks}}
     semseg: dict[str, list[torch.Tensor]] = {"eval": [], "fit": []}
     bar = tqdm(total=num_samples + predictability_samples, desc="tokenizer eval", unit="scene", disable=not progress)
     for lo in range(0, num_samples, batch_size):
         idx = range(lo, min(lo + batch_size, num_samples))
-        batch = render_batch(seed, idx, image_size, objects=parser and "rgb" in image_toks)
+        with_objects = parser and any(t.modality == "rgb" for t in image_toks.values())
+        batch = render_batch(seed, idx, image_size, objects=with_objects)
         for m, tok in image_toks.items():
-            tokens = tok.encode(batch[m])
+            tokens = tok.encode(batch[tok.modality])
             metrics[m].update(tokens, decoders[m](tokens), batch)
             codes["eval"][m].append(tokens.cpu())
         semseg["eval"].append(batch["semseg"])
@@ -226,7 +227,7 @@ def evaluate_tokenizers(
     for lo in range(num_samples, end, batch_size):  # other scenes, whose codes are only counted
         batch = render_batch(seed, range(lo, min(lo + batch_size, end)), image_size)
         for m, tok in image_toks.items():
-            codes["fit"][m].append(tok.encode(batch[m]).cpu())
+            codes["fit"][m].append(tok.encode(batch[tok.modality]).cpu())
         semseg["fit"].append(batch["semseg"])
         bar.update(min(batch_size, end - lo))
     bar.close()

@@ -53,7 +53,9 @@ def load_tokenizers(path_or_repo_id: str | os.PathLike, map_location: str | torc
         ``{folder name: ImageTokenizer | TextTokenizer}``, sorted by name.
     Raises:
         FileNotFoundError: neither a folder nor a loadable repo, or it holds no tokenizer.
-        ValueError: an image tokenizer sits in a folder not named after its modality.
+        ValueError: an image tokenizer sits in a folder not named after its modality (``rgb``) or a
+            variant of it (``rgb_gen``: a second rgb tokenizer, which a modality spec names with
+            ``tokenizer: rgb_gen`` and ``raw_field: rgb``).
     """
     root = resolve_pretrained(path_or_repo_id, what="a tokenizer folder (one subfolder per tokenizer: rgb/, text/ ...)",
                               revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
@@ -63,8 +65,9 @@ def load_tokenizers(path_or_repo_id: str | os.PathLike, map_location: str | torc
         kind = tokenizer_type(sub)
         if kind == "image":
             tok = ImageTokenizer.from_pretrained(sub, map_location=map_location)
-            if tok.modality != sub.name:
-                raise ValueError(f"{sub} holds a {tok.modality!r} tokenizer; move it to {root / tok.modality}")
+            if sub.name != tok.modality and not sub.name.startswith(f"{tok.modality}_"):
+                raise ValueError(f"{sub} holds a {tok.modality!r} tokenizer; move it to {root / tok.modality} (or to "
+                                 f"a variant folder {tok.modality}_<name>, e.g. {tok.modality}_gen)")
             out[sub.name] = tok
         elif kind == "text":
             out[sub.name] = TextTokenizer.from_pretrained(sub)
