@@ -16,7 +16,6 @@ the original then each tokenizer's reconstruction, side by side.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

@@ -48,7 +48,7 @@ def gen(*extra: str) -> list[str]:
 CASES: dict[str, Case] = {
     # fourm train
     "train: override that is not YAML": Case(lambda f: fm(f, "optim.lr=[1,2"), ("override 'optim.lr=[1,2'",)),
-    "train: broken YAML file": Case(lambda f: ["train", str(f["broken"])], (f"broken.yaml: not valid YAML", "line 2")),
+    "train: broken YAML file": Case(lambda f: ["train", str(f["broken"])], ("broken.yaml: not valid YAML", "line 2")),
     "train: missing config": Case(lambda f: ["train", str(f["tmp"] / "nope.yaml")], ("nope.yaml",)),
     "train: unknown key": Case(lambda f: fm(f, "optim.lrr=1"), ("optim", "'lrr'")),
     "train: value of the wrong type": Case(lambda f: fm(f, "steps=abc"), ("steps", "'abc'")),

@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from fourm.modalities import ModalitySpec, ml4m_modalities
-from fourm.models.config import MODEL_SIZES, FourMConfig
+from fourm.models.config import FourMConfig
 from fourm.atomic import atomic_write
 from fourm.hub import resolve_pretrained
 from fourm.models.files import unalias_state_dict
@@ -128,7 +128,6 @@ def config_from_ml4m(cfg: Mapping) -> FourMConfig:
 def config_to_ml4m(config: FourMConfig) -> dict:
     """The reference's FM(config) dict for ``config`` (+ ``vocab_override`` when a vocabulary
     differs from the released one)."""
-    released = ml4m_modalities("4m21")
     if config.seq_pos_len != REFERENCE_POS_ROWS or config.norm_eps != 1e-6:
         raise ValueError(f"config is not reference-compatible: seq_pos_len={config.seq_pos_len} (needs "
                          f"{REFERENCE_POS_ROWS}), norm_eps={config.norm_eps} (needs 1e-6)")
