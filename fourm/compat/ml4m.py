@@ -37,6 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from fourm.compat.layout import layout_differences
 from fourm.modalities import ModalitySpec, ml4m_modalities
 from fourm.models.config import FourMConfig
 from fourm.atomic import atomic_write
@@ -202,15 +203,7 @@ def state_dict_layout(model: FourM) -> list[dict]:
 
 def compare_layout(model: FourM, expected: list[dict]) -> list[str]:
     """Differences between the model's state-dict layout and ``expected`` (empty = identical)."""
-    mine = {e["key"]: e for e in state_dict_layout(model)}
-    theirs = {e["key"]: e for e in expected}
-    problems = [f"missing in fourm: {k}" for k in theirs if k not in mine]
-    problems += [f"extra in fourm: {k}" for k in mine if k not in theirs]
-    for k in mine.keys() & theirs.keys():
-        for field in ("shape", "dtype", "kind"):
-            if mine[k][field] != theirs[k][field]:
-                problems.append(f"{k}: {field} {mine[k][field]} != reference {theirs[k][field]}")
-    return sorted(problems)
+    return layout_differences({e["key"]: e for e in state_dict_layout(model)}, {e["key"]: e for e in expected})
 
 
 # ---------------------------------------------------------------------------- checkpoints

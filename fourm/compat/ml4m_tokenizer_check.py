@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor
 
+from fourm.compat.layout import layout_differences
 from fourm.compat.ml4m_schedule import DiffusionSampler, ScheduleConfig
 from fourm.compat.ml4m_tokenizer import ReferenceTokenizer, build_reference_tokenizer, load_reference_tokenizer
 from fourm.compat.ml4m_tokenizer_config import parse_config
@@ -187,12 +188,8 @@ def compare_tokenizer_layout(spec: Mapping[str, Any]) -> list[str]:
     object) and the tokenizer fourm builds from its ``constructor_kwargs`` (empty = identical)."""
     model = build_reference_tokenizer(parse_config(spec, name=str(spec.get("hub_id", ""))), "meta")
     mine, theirs = tokenizer_layout(model), {e["key"]: e for e in spec["state_dict"]}
-    problems = [f"missing in fourm: {k}" for k in theirs if k not in mine]
-    problems += [f"extra in fourm: {k}" for k in mine if k not in theirs]
+    problems = layout_differences(mine, theirs)
     for k in mine.keys() & theirs.keys():
-        for field in ("shape", "dtype", "kind"):
-            if mine[k][field] != theirs[k][field]:
-                problems.append(f"{k}: {field} {mine[k][field]} != reference {theirs[k][field]}")
         if theirs[k]["kind"] == "parameter" and mine[k].get("requires_grad") != theirs[k].get("requires_grad", True):
             problems.append(f"{k}: requires_grad {mine[k].get('requires_grad')} != reference "
                             f"{theirs[k].get('requires_grad', True)}")

@@ -32,7 +32,6 @@ and libraries resume exactly too.)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -49,6 +48,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fourm.atomic import file_sha256
 from fourm.config import ConfigError, save_json_atomic
 from fourm.errors import FourmError
 
@@ -221,15 +221,6 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
             f"reads {FORMAT_NAME!r} version {FORMAT_VERSION}. Train again in a new out_dir (the folder's model/ "
             "still loads)")
     return meta
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_records(folder: Path) -> dict[str, dict[str, Any]]:

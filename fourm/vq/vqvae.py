@@ -24,7 +24,6 @@ noise from an explicit generator (a fixed seed when none is given).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -36,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fourm.atomic import file_sha256
 from fourm.config import from_dict, save_json_atomic, to_dict
 from fourm.hub import CardInfo, PushToHubMixin, resolve_pretrained, write_model_card
 from fourm.vq.config import TokenizerConfig
@@ -316,7 +316,7 @@ class ImageTokenizer(nn.Module, PushToHubMixin):
         os.close(fd)
         try:
             save_file(state, tmp, metadata={"format": "pt"})
-            digest = _sha256(tmp)
+            digest = file_sha256(tmp)
             os.replace(tmp, d / WEIGHTS_NAME)
         except BaseException:
             if os.path.exists(tmp):
@@ -362,17 +362,9 @@ class ImageTokenizer(nn.Module, PushToHubMixin):
             raise ValueError(f"{meta_path}: format_version {version!r} is not supported (this code reads {FORMAT_VERSION})")
         if meta.get("class") != cls.__name__:
             raise ValueError(f"{meta_path}: holds a {meta.get('class')!r}, not an {cls.__name__}")
-        if meta.get("weights_sha256") not in (None, _sha256(weights_path)):
+        if meta.get("weights_sha256") not in (None, file_sha256(weights_path)):
             raise ValueError(f"{weights_path} does not match the hash in {meta_path}; the save was interrupted")
         config = from_dict(TokenizerConfig, meta["config"])
         model = cls(config, sync_codebook=False)
         model.load_state_dict(load_file(weights_path), strict=True)
         return model.to(map_location).eval()
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
