@@ -191,6 +191,9 @@ class TokenizerConfig:
             raise ValueError(f"loss.background={bg!r}: must be one of {', '.join(BACKGROUND_TARGETS)}")
         if bg != "image" and self.kind != "rgb":
             raise ValueError(f"loss.background={bg!r} applies to rgb only, not {self.modality}; remove it")
+        if bg != "image" and self.normalize.flat:
+            raise ValueError(f"loss.background={bg!r} with normalize.flat: the flat image already has a row-mean "
+                             "background; remove loss.background")
         if bg != "image" and self.decoder.kind == "diffusion":
             raise ValueError(f"loss.background={bg!r} needs the conv decoder (decoder.kind: conv), whose target it "
                              "replaces; the diffusion decoder denoises the image itself")

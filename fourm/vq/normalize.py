@@ -47,12 +47,17 @@ class NormalizeConfig:
         kind: how the images are stored: ``rgb`` (uint8 colour), ``depth`` (positive float map,
             log-scaled between ``depth_near`` and ``depth_far``) or ``semseg`` (class ids);
             ``null``: the tokenizer's modality name, which must then be one of these.
+        flat: rgb only: the network reads (and the decoder learns to draw) each image flat,
+            :func:`flat_rgb`: saturated pixels at full value (shading gone, colour kept), pale
+            pixels as their row's mean pale colour (texture gone). A tokenizer for generation:
+            its codes carry layout and colours only. ``decode`` returns flat images.
     """
 
     depth_near: float = 0.5
     depth_far: float = 50.0
     num_classes: int = 6
     kind: Literal["rgb", "depth", "semseg"] | None = None
+    flat: bool = False
 
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in IMAGE_KINDS:
@@ -63,6 +68,34 @@ class NormalizeConfig:
             )
         if self.num_classes < 2:
             raise ValueError(f"normalize.num_classes={self.num_classes}: need at least 2 classes")
+        if not isinstance(self.flat, bool):
+            raise ValueError(f"normalize.flat={self.flat!r}: must be true or false")
+
+
+# flat_rgb: a pixel is an object's when its saturation and value reach these (ShapesWorld's
+# backgrounds stay below saturation 0.35 and its palette colours are above 0.75; very dark pixels
+# carry too little colour to name: the scene parser's thresholds)
+FLAT_MIN_SATURATION = 0.4
+FLAT_MIN_VALUE = 0.12
+
+
+def flat_rgb(x: torch.Tensor) -> torch.Tensor:
+    """``normalize.flat``: images (B, 3, H, W) in [-1, 1] redrawn flat, in [-1, 1].
+
+    Saturated pixels (saturation >= ``FLAT_MIN_SATURATION``, value >= ``FLAT_MIN_VALUE``) are
+    set to full value, ``rgb / max(rgb)``: shading scales a colour, so this removes it and keeps
+    the colour. Every other (pale) pixel becomes the mean of the pale pixels of its row, which
+    removes ground texture and keeps the sky gradient and the horizon. Needs no object mask, so
+    ``encode`` applies it to any image.
+    """
+    u = (x.float() + 1.0) / 2.0  # (B, 3, H, W) in [0, 1]
+    value = u.amax(dim=1, keepdim=True)  # (B, 1, H, W)
+    saturation = (value - u.amin(dim=1, keepdim=True)) / value.clamp_min(1e-6)
+    vivid = (saturation >= FLAT_MIN_SATURATION) & (value >= FLAT_MIN_VALUE)  # (B, 1, H, W)
+    pale = (~vivid).to(u.dtype)
+    row = (u * pale).sum(-1, keepdim=True) / pale.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 3, H, 1)
+    out = torch.where(vivid, u / value.clamp_min(1e-6), row.expand_as(u))
+    return out * 2.0 - 1.0
 
 
 def as_tensor(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
@@ -113,11 +146,15 @@ def _check_spatial(x: torch.Tensor, name: str, layout: str, single_ndim: int) ->
 
 
 class RGBNormalizer(Normalizer):
-    """uint8 (B, 3, H, W) <-> float [-1, 1]."""
+    """uint8 (B, 3, H, W) <-> float [-1, 1]; with ``flat`` the network reads :func:`flat_rgb`."""
 
     kind = "rgb"
     in_channels = 3
     out_channels = 3
+
+    def __init__(self, name: str | None = None, flat: bool = False) -> None:
+        super().__init__(name)
+        self.flat = flat
 
     def check(self, x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, bool]:
         x = as_tensor(x, self.name)
@@ -133,7 +170,8 @@ class RGBNormalizer(Normalizer):
         return x, single
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float() / 127.5 - 1.0  # (B, 3, H, W)
+        y = x.float() / 127.5 - 1.0  # (B, 3, H, W)
+        return flat_rgb(y) if self.flat else y
 
     def from_model(self, y: torch.Tensor) -> torch.Tensor:
         return ((y.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
@@ -205,8 +243,10 @@ class SemsegNormalizer(Normalizer):
 def build_normalizer(kind: str, config: NormalizeConfig, name: str | None = None) -> Normalizer:
     """The normaliser of images of ``kind`` (``rgb``, ``depth`` or ``semseg``); ``name`` (the
     modality) appears in its error messages."""
+    if config.flat and kind != "rgb":
+        raise ValueError(f"normalize.flat applies to rgb images, not {kind}; remove it")
     if kind == "rgb":
-        return RGBNormalizer(name)
+        return RGBNormalizer(name, flat=config.flat)
     if kind == "depth":
         return DepthNormalizer(config.depth_near, config.depth_far, name)
     if kind == "semseg":
