@@ -3,6 +3,7 @@
 # (about 17 min on 2 cores), one change each, then `fourm tokenizer eval` on 256 held-out scenes
 # (seed 777) with the predictability table (1500 other scenes). Results: README.md beside this file.
 #   bash experiments/tokenizer_proxies/run.sh "A_control" "H_no_dead_code tokenizer.quantizer.dead_code_threshold=0"
+#   bash experiments/tokenizer_proxies/run.sh "L_flat_nodead tokenizer.quantizer.dead_code_threshold=0 tokenizer.normalize.flat=true"
 set -u
 cd "$(dirname "$0")/../.."
 export OMP_WAIT_POLICY=PASSIVE
