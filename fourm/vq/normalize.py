@@ -33,6 +33,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from fourm.vq.losses import row_mean_background
+
 IMAGE_KINDS: tuple[str, ...] = ("rgb", "depth", "semseg")
 
 
@@ -92,9 +94,8 @@ def flat_rgb(x: torch.Tensor) -> torch.Tensor:
     value = u.amax(dim=1, keepdim=True)  # (B, 1, H, W)
     saturation = (value - u.amin(dim=1, keepdim=True)) / value.clamp_min(1e-6)
     vivid = (saturation >= FLAT_MIN_SATURATION) & (value >= FLAT_MIN_VALUE)  # (B, 1, H, W)
-    pale = (~vivid).to(u.dtype)
-    row = (u * pale).sum(-1, keepdim=True) / pale.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 3, H, 1)
-    out = torch.where(vivid, u / value.clamp_min(1e-6), row.expand_as(u))
+    plain = row_mean_background(u, vivid[:, 0])  # (B, 3, H, W): pale pixels as their row's pale mean
+    out = torch.where(vivid, u / value.clamp_min(1e-6), plain)
     return out * 2.0 - 1.0
 
 
