@@ -7,7 +7,8 @@ Found (2026-12-07, the bundled stage-1 mixture, 200,000 draws): tok_rgb gets 4.3
 on average; >= 16 input tokens in 10.5% of samples, >= 32 in 3.1% (2.2% with a caption in the
 input), >= 48 in 0.5%, >= 58 in 0.04%. Decoding an image with MaskGIT puts 32-63 of its tokens in
 the input for the second half of the steps, where objects are finished: a regime the model sees in
-about 3% of its samples, which may be why no model here keeps an object's patches in one colour.
+about 3% of its samples. But tok_semseg is masked by the same mixture and the same model uses its
+context well (README.md beside this file), so this is not the main reason rgb fails.
 """
 import sys
 
