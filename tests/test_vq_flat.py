@@ -10,7 +10,7 @@ from fourm.config import from_dict
 from fourm.data.shapes_world import render_scene
 from fourm.evaluation.scene_parser import parse_scene
 from fourm.vq.config import TokenizerConfig
-from fourm.vq.normalize import FLAT_MIN_SATURATION, flat_rgb
+from fourm.vq.normalize import FLAT_MIN_SATURATION, FLAT_MIN_VALUE, flat_rgb
 from fourm.vq.vqvae import ImageTokenizer
 
 
@@ -27,7 +27,7 @@ def vivid_mask(images: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) the pixels flat_rgb treats as coloured (objects)."""
     u = images.float() / 255.0
     v = u.amax(1, keepdim=True)
-    return ((v - u.amin(1, keepdim=True)) / v.clamp_min(1e-6) >= FLAT_MIN_SATURATION) & (v >= 0.12)
+    return ((v - u.amin(1, keepdim=True)) / v.clamp_min(1e-6) >= FLAT_MIN_SATURATION) & (v >= FLAT_MIN_VALUE)
 
 
 def test_flat_rgb_removes_shading_and_row_texture_and_keeps_colour():

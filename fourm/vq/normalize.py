@@ -76,7 +76,8 @@ class NormalizeConfig:
 
 # flat_rgb: a pixel is an object's when its saturation and value reach these (ShapesWorld's
 # backgrounds stay below saturation 0.35 and its palette colours are above 0.75; very dark pixels
-# carry too little colour to name: the scene parser's thresholds)
+# carry too little colour to name). The value is the scene parser's; the saturation sits between the
+# backgrounds' 0.35 and the parser's 0.45.
 FLAT_MIN_SATURATION = 0.4
 FLAT_MIN_VALUE = 0.12
 
