@@ -429,3 +429,28 @@ def test_two_process_training_resumes_exactly(tmp_path):
     b = ImageTokenizer.from_pretrained(tmp_path / "part" / "tokenizer").state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_local_encoder_codes_depend_on_their_own_patch_only(tmp_path):
+    cfg = from_dict(TokenizerConfig, {"modality": "rgb", "encoder": {"local": True}}, "tokenizer")
+    tok = ImageTokenizer(cfg).eval()
+    x = tok.normalizer.to_model(render_batch(0, range(2), 64)["rgb"])
+    changed = x.clone()
+    changed[..., 16:, :] = changed.flip(0)[..., 16:, :]  # every patch below the second row of tokens
+    with torch.no_grad():
+        z, z_changed = tok.forward_encoder(x), tok.forward_encoder(changed)
+    assert torch.equal(z[..., :2, :], z_changed[..., :2, :])  # the patches above: untouched
+    assert not torch.allclose(z[..., 2:, :], z_changed[..., 2:, :])
+    # the default conv encoder reaches across patches, and its GroupNorm across the image
+    conv = ImageTokenizer(from_dict(TokenizerConfig, {"modality": "rgb"}, "tokenizer")).eval()
+    with torch.no_grad():
+        assert not torch.allclose(conv.forward_encoder(x)[..., :2, :], conv.forward_encoder(changed)[..., :2, :])
+    tok.save_pretrained(tmp_path / "rgb")
+    loaded = ImageTokenizer.from_pretrained(tmp_path / "rgb")
+    assert loaded.config.encoder.local and torch.equal(loaded.encode(render_batch(0, range(2), 64)["rgb"]),
+                                                       tok.encode(render_batch(0, range(2), 64)["rgb"]))
+
+
+def test_local_is_an_encoder_option():
+    with pytest.raises(ConfigError, match="local"):
+        from_dict(TokenizerConfig, {"modality": "rgb", "decoder": {"local": True}}, "tokenizer")

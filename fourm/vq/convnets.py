@@ -24,11 +24,19 @@ class NetConfig:
             per halving, so ``len(dim_mult) == log2(downsample)``.
         depths: residual blocks of each stage (same length as ``dim_mult``); 0 at full
             resolution saves most of the compute.
+        local: encoder only. ``True``: each token sees its own patch and nothing else (the
+            pixels of a patch are folded into channels, then ``sum(depths)`` residual blocks of
+            1x1 convolutions with a per-position norm run at ``dim * dim_mult[-1] * 4`` channels),
+            so a code is a function of its patch alone: two patches that look the same get the
+            same code whatever surrounds them, which makes codes predictable from their
+            neighbours (issue #15). ``False`` (default): 3x3 convolutions and GroupNorm, whose
+            codes also depend on the neighbouring patches and on the whole image's statistics.
     """
 
     dim: int = 16
     dim_mult: tuple[int, ...] = (1, 2, 4)
     depths: tuple[int, ...] = (0, 1, 1)
+    local: bool = False
 
     def __post_init__(self) -> None:
         if self.dim < 1 or not self.dim_mult or min(self.dim_mult) < 1:
@@ -60,6 +68,53 @@ class ResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
         return self.skip(x) + h
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each position of a (B, C, h, w) map: nothing is shared
+    between positions (unlike GroupNorm, whose statistics span the whole image)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class PointBlock(nn.Module):
+    """norm -> 1x1 conv -> SiLU -> 1x1 conv, plus the skip connection: a per-position MLP."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = ChannelNorm(dim)
+        self.fc1, self.fc2 = nn.Conv2d(dim, dim, 1), nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(F.silu(self.fc1(self.norm(x))))
+
+
+class PatchEncoder(nn.Module):
+    """(B, C, H, W) -> (B, latent_dim, H / 2^S, W / 2^S), each output position computed from its
+    own 2^S x 2^S patch only (``NetConfig.local``)."""
+
+    def __init__(self, in_channels: int, latent_dim: int, config: NetConfig) -> None:
+        super().__init__()
+        self.patch = 2 ** len(config.dim_mult)
+        width = config.channels[-1] * 4
+        self.embed = nn.Conv2d(in_channels * self.patch ** 2, width, 1)
+        self.blocks = nn.Sequential(*[PointBlock(width) for _ in range(max(1, sum(config.depths)))])
+        self.norm_out = ChannelNorm(width)
+        self.proj = nn.Conv2d(width, latent_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(F.pixel_unshuffle(x, self.patch))  # (B, width, h, w): one position per patch
+        return self.proj(F.silu(self.norm_out(self.blocks(h))))  # (B, latent_dim, h, w)
+
+
+def build_encoder(in_channels: int, latent_dim: int, config: NetConfig) -> nn.Module:
+    """The encoder ``config`` describes: ``PatchEncoder`` when ``config.local``, else ``Encoder``."""
+    return (PatchEncoder if config.local else Encoder)(in_channels, latent_dim, config)
 
 
 class Encoder(nn.Module):

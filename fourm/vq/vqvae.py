@@ -39,7 +39,7 @@ from fourm.atomic import file_sha256
 from fourm.config import from_dict, save_json_atomic, to_dict
 from fourm.hub import CardInfo, PushToHubMixin, resolve_pretrained, write_model_card
 from fourm.vq.config import TokenizerConfig
-from fourm.vq.convnets import Decoder, Encoder
+from fourm.vq.convnets import Decoder, build_encoder
 from fourm.vq.diffusion import check_steps
 from fourm.vq.losses import latent_invariance, object_weight_map, reconstruction_loss, row_mean_background
 from fourm.vq.normalize import as_tensor, build_normalizer
@@ -94,7 +94,7 @@ class ImageTokenizer(nn.Module, PushToHubMixin):
         else:
             self.class_embed = None
             in_channels = self.normalizer.in_channels
-        self.encoder = Encoder(in_channels, qc.latent_dim, config.encoder)
+        self.encoder = build_encoder(in_channels, qc.latent_dim, config.encoder)
         self.quantizer = build_quantizer(qc, sync_codebook=sync_codebook)
         out_channels = self.normalizer.out_channels
         if config.decoder.kind == "diffusion":
