@@ -1,0 +1,160 @@
+"""How much do an image token's neighbours say about it, for a dedicated model?
+
+Trains a small bidirectional transformer on one token grid alone (MaskGIT-style: a share of the
+grid drawn uniformly in [0.05, 0.95] is given, the rest is predicted) and reports the hidden-token
+cross-entropy given 5% ... 90% of the grid on the validation shards. It is the ceiling that
+`benchmarks/token_infill.py` measures the unified model against: if a dedicated model cannot use
+the context either, the token space is the limit; if it can, the unified model's recipe is.
+
+    python experiments/recipe_proxies/grid_infill.py <token shard dir> --field tok_rgb --steps 1500
+    python experiments/recipe_proxies/grid_infill.py <raw shard dir> --tokenizer <rgb tokenizer dir>
+
+With ``--tokenizer`` the grids are that tokenizer's codes of the raw shards' rgb images (encoded
+here, so a tokenizer proxy can be screened before any token shards are written).
+
+The library never imports this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def load_grids(split_dir: Path, field: str, limit: int | None) -> np.ndarray:
+    grids = []
+    for shard in sorted(split_dir.glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.name.endswith(f".{field}.npy"):
+                    grids.append(np.load(io.BytesIO(tar.extractfile(member).read())).reshape(-1))
+                    if limit and len(grids) >= limit:
+                        return np.stack(grids).astype(np.int64)
+    return np.stack(grids).astype(np.int64)
+
+
+def encode_grids(split_dir: Path, tokenizer_dir: Path, limit: int | None, batch: int = 512) -> np.ndarray:
+    from PIL import Image
+
+    from fourm.vq.vqvae import ImageTokenizer
+
+    tok = ImageTokenizer.from_pretrained(tokenizer_dir).eval()
+    images, grids = [], []
+
+    def flush() -> None:
+        with torch.no_grad():
+            codes = tok.encode(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))  # (B, h, w)
+        grids.append(codes.reshape(len(images), -1).numpy())
+        images.clear()
+
+    count = 0
+    for shard in sorted(split_dir.glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.name.endswith(".rgb.png") and (not limit or count < limit):
+                    images.append(np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")))
+                    count += 1
+                    if len(images) == batch:
+                        flush()
+    if images:
+        flush()
+    return np.concatenate(grids).astype(np.int64)
+
+
+class GridInfill(nn.Module):
+    def __init__(self, vocab: int, length: int, dim: int, depth: int, heads: int):
+        super().__init__()
+        self.mask_id = vocab
+        self.embed = nn.Embedding(vocab + 1, dim)
+        self.pos = nn.Parameter(torch.randn(1, length, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True,
+                                           norm_first=True, activation="gelu")
+        self.blocks = nn.TransformerEncoder(layer, depth)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        # tokens, hidden: [B, N]; hidden positions are replaced by the mask token
+        x = self.embed(tokens.masked_fill(hidden, self.mask_id)) + self.pos  # [B, N, D]
+        return self.head(self.norm(self.blocks(x)))  # [B, N, V]
+
+
+def draw_hidden(batch: int, length: int, given: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # given: [B] share of the grid given; returns hidden [B, N] with at least one hidden token
+    num_given = (given * length).round().clamp(1, length - 1).long()
+    order = torch.rand(batch, length, generator=generator).argsort(dim=1)
+    ranks = order.argsort(dim=1)
+    return ranks >= num_given[:, None]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("shards", type=Path)
+    parser.add_argument("--field", default="tok_rgb")
+    parser.add_argument("--vocab", type=int, default=None, help="default: from metadata.json or the tokenizer")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="encode the raw shards' rgb with it")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--val-limit", type=int, default=512)
+    parser.add_argument("--given", default="0.05,0.3,0.5,0.7,0.9")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    if args.tokenizer:
+        config = json.loads((args.tokenizer / "config.json").read_text())["config"]
+        vocab = args.vocab or config["quantizer"]["codebook_size"]
+        train = torch.from_numpy(encode_grids(args.shards / "train", args.tokenizer, args.train_limit))
+        val = torch.from_numpy(encode_grids(args.shards / "val", args.tokenizer, args.val_limit))
+        print(f"encoded {len(train)} + {len(val)} grids; codes used {len(torch.unique(train))}", flush=True)
+    else:
+        vocab = args.vocab or json.loads((args.shards / "train" / "metadata.json").read_text())["fields"][args.field]
+        train = torch.from_numpy(load_grids(args.shards / "train", args.field, args.train_limit))
+        val = torch.from_numpy(load_grids(args.shards / "val", args.field, args.val_limit))
+    length = train.shape[1]
+    model = GridInfill(vocab, length, args.dim, args.depth, heads=4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(args.seed)
+    start = time.time()
+    for step in range(args.steps):
+        lr = 1e-3 * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(train), (args.batch,), generator=gen)
+        tokens = train[idx]
+        hidden = draw_hidden(args.batch, length, 0.05 + 0.9 * torch.rand(args.batch, generator=gen), gen)
+        logits = model(tokens, hidden)
+        loss = F.cross_entropy(logits[hidden], tokens[hidden])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 250 == 0:
+            print(f"step {step + 1} loss {loss.item():.3f} ({time.time() - start:.0f} s)", flush=True)
+
+    model.eval()
+    eval_gen = torch.Generator().manual_seed(1000)
+    row = {}
+    with torch.no_grad():
+        for share in (float(s) for s in args.given.split(",")):
+            hidden = draw_hidden(len(val), length, torch.full((len(val),), share), eval_gen)
+            logits = model(val, hidden)
+            row[share] = F.cross_entropy(logits[hidden], val[hidden]).item()
+    print(json.dumps({"shards": str(args.shards), "tokenizer": str(args.tokenizer), "field": args.field, "steps": args.steps,
+                      "train_grids": len(train), "hidden_ce_given": row}))
+
+
+if __name__ == "__main__":
+    main()
