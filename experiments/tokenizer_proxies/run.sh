@@ -4,6 +4,7 @@
 # (seed 777) with the predictability table (1500 other scenes). Results: README.md beside this file.
 #   bash experiments/tokenizer_proxies/run.sh "A_control" "H_no_dead_code tokenizer.quantizer.dead_code_threshold=0"
 #   bash experiments/tokenizer_proxies/run.sh "L_flat_nodead tokenizer.quantizer.dead_code_threshold=0 tokenizer.normalize.flat=true"
+#   bash experiments/tokenizer_proxies/run.sh "M_flat_local tokenizer.quantizer.dead_code_threshold=0 tokenizer.normalize.flat=true tokenizer.encoder.local=true"
 set -u
 cd "$(dirname "$0")/../.."
 export OMP_WAIT_POLICY=PASSIVE
