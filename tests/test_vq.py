@@ -306,12 +306,13 @@ def test_cli_train_end_to_end_and_resume_equals_uninterrupted(tmp_path, capsys):
 
 # --- evaluation and pre-tokenisation -----------------------------------------------------------------
 
-def test_eval_metrics_and_cli(tmp_path):
+def test_eval_metrics_and_cli(tmp_path, capsys):
     for m in MODALITIES:
         tiny_tokenizer(m).save_pretrained(tmp_path / "toks" / m)
     out = tmp_path / "eval.json"
-    assert cli(["tokenizer", "eval", "--tokenizers", str(tmp_path / "toks"), "--seed", "5",
+    assert cli(["tokenizer", "eval", "--tokenizers", str(tmp_path / "toks"), "--seed", "5", "--no-progress",
                 "--num-samples", "5", "--batch-size", "2", "--predictability-samples", "6", "--json", str(out)]) == 0
+    assert "scene/s" not in capsys.readouterr().err  # --no-progress: no bar in the log
     res = json.loads(out.read_text())
     assert res["num_samples"] == 5 and res["seed"] == 5 and res["image_size"] == 32
     assert 0 < res["rgb"]["psnr"] < 100 and res["depth"]["abs_rel"] >= 0 and 0 <= res["semseg"]["miou"] <= 1

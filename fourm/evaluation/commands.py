@@ -84,6 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="scenes (after the scored ones, same seed) whose codes are counted for the token "
                          "predictability table: H(code), H(code | grid position), H(code | left neighbour) per "
                          "tokenizer, for all, object and background tokens (default 1500; 0 skips it)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     ev.set_defaults(func=cmd_tokenizer_eval)
 
 
@@ -142,7 +143,8 @@ def cmd_tokenizer_eval(args: argparse.Namespace) -> int:
                                       image_size=args.image_size, batch_size=args.batch_size,
                                       parser=not args.no_parser, decode_steps=args.decode_steps,
                                       decode_seed=args.decode_seed,
-                                      predictability_samples=args.predictability_samples)
+                                      predictability_samples=args.predictability_samples,
+                                      progress=not args.no_progress)
     except ValueError as e:  # a scene size or decoder setting the tokenizers do not take
         return _fail(f"fourm tokenizer eval --tokenizers {args.tokenizers}: {e}")
     results["tokenizers"] = str(args.tokenizers)
