@@ -136,6 +136,27 @@ def test_image_budgets_are_realised_exactly_and_targets_fit_beside_inputs(reg):
             assert torch.equal(batch[name]["is_target"].sum(-1), budgets.target[:, j])
 
 
+def test_a_component_input_range_gives_maskgit_shares_and_leaves_the_others_alone(reg):
+    infill = MixtureComponent({"tok_rgb": 1000.0}, {"tok_rgb": 1000.0}, name="rgb_infill", input_tokens=(1, 15))
+    plain = all_to_all_component(TOKENS, 1.0)
+    masking = UnifiedMasking(config([plain, infill], n_in=15, n_tgt=16, min_input_tokens=6), reg)
+    budgets = masking.sample_budgets(4000, 0)
+    j = masking.config.modalities.index("tok_rgb")
+    mine = budgets.component == 1
+    n_in = budgets.input[mine, j]
+    # the 4 x 4 grid: 1..15 tokens given, uniformly, and the rest of it is the target
+    assert int(n_in.min()) == 1 and int(n_in.max()) == 15 and n_in.float().mean().sub(8).abs() < 0.3
+    assert torch.equal(budgets.target[mine, j], 16 - n_in)
+    assert (budgets.input[mine].sum(-1) == n_in).all() and (budgets.num_input[mine] == n_in).all()
+    others = budgets.num_input[~mine]  # the other component keeps the config's range, 6..15
+    assert int(others.min()) == 6 and int(others.max()) == 15 and (budgets.input[~mine].sum(-1) == others).all()
+    batch = masking(make_samples(reg, 64, 3), 3)  # realised as drawn; inputs never exceed the encoder's slots
+    assert (count_tokens(batch, reg).inputs <= 15).all()
+    # without any component range the totals come from the config's range exactly as before
+    same = UnifiedMasking(config([plain, all_to_all_component(IMAGES, 1.0)], n_in=15, n_tgt=16, min_input_tokens=6), reg)
+    assert same.input_range == (6, 15)
+
+
 def test_component_without_inputs_gives_targets_only(reg):
     comps = [MixtureComponent({}, {"tok_rgb": 1.0, "caption": 1.0}, name="unconditional")]
     masking = UnifiedMasking(config(comps, n_in=20, n_tgt=20), reg)
@@ -408,6 +429,11 @@ def test_config_from_dict_and_validation_errors(reg):
     bad(r"unknown key\(s\) \['wieght'\]", components=[{"wieght": 1.0}])
     bad(r"weight = -1\.0", components=[{"weight": -1.0}])
     bad(r"min_input_tokens = 30.*\[0, num_input_tokens=24\]", min_input_tokens=30)
+    bad(r"input_tokens = \(9, 3\).*low <= high", components=[{"input_tokens": [9, 3]}])
+    bad(r"components\[0\]\.input_tokens = \[4, 30\]: high must be at most num_input_tokens=24",
+        components=[{"input_tokens": [4, 30]}])
+    ranged = MaskingConfig.from_dict({**good, "components": [{"input_alphas": {"tok_rgb": 1}, "input_tokens": [2, 20]}]})
+    assert ranged.components[0].input_tokens == (2, 20) and MaskingConfig.from_dict(ranged.to_dict()) == ranged
     bad(r"components is empty", components=[])
     bad(r"'tok_rgb'\] more than once", modalities=["tok_rgb", "tok_rgb"], components=[{}])
 

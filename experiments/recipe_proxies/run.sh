@@ -5,6 +5,7 @@
 #   P0 the present recipe and tokens   configs/fm/shapes_bundled.yaml
 #   P1 tok_rgb from rgb_gen            experiments/recipe_proxies/p1_gen_tokens.yaml
 #   P2 P1 + the cond2rgb component     experiments/recipe_proxies/p2_gen_cond2rgb.yaml
+#   P6 P1 + the rgb_infill component   experiments/recipe_proxies/p6_infill.yaml (MaskGIT's task)
 #   P3 P1 with RGB_GEN set to the flat tokenizer proxy L (experiments/tokenizer_proxies) and OUT elsewhere
 # Needs the rgb_gen tokenizer: fourm tokenizer train configs/tokenizers/rgb_gen_64.yaml (RGB_GEN below).
 #   bash experiments/recipe_proxies/run.sh P1 P2
@@ -32,7 +33,8 @@ for split in train val; do
 done
 
 config_of() { case $1 in P0) echo configs/fm/shapes_bundled.yaml ;; P1) echo experiments/recipe_proxies/p1_gen_tokens.yaml ;;
-                          P2) echo experiments/recipe_proxies/p2_gen_cond2rgb.yaml ;; *) echo "unknown proxy $1" >&2; exit 2 ;; esac; }
+                          P2) echo experiments/recipe_proxies/p2_gen_cond2rgb.yaml ;;
+                          P6) echo experiments/recipe_proxies/p6_infill.yaml ;; *) echo "unknown proxy $1" >&2; exit 2 ;; esac; }
 for name in "$@"; do
   dir=$OUT/$name
   [ -f "$dir/model/config.json" ] || "$FOURM" train "$(config_of "$name")" "out_dir=$dir" "steps=$STEPS" \

@@ -4,7 +4,8 @@ The steps follow the 4M paper and reference (``UnifiedMasking.input_token_budget
 ``target_token_budget``), vectorised over the batch:
 
 1. each sample picks a mixture component (``torch.multinomial`` over the component weights);
-2. each sample draws its input and target totals (fixed, or uniform in a range);
+2. each sample draws its input and target totals (fixed, or uniform in a range; a component may
+   have its own input range);
 3. the input total is split over modalities by a Dirichlet draw: floor of ``p * total``, then the
    tokens lost to flooring go, one each, to the argmax of extra Dirichlet draws, so a modality
    with alpha 0 never gets a token; the result is clamped to each modality's available tokens;
@@ -113,7 +114,7 @@ def sample_budgets(
     input_alphas: torch.Tensor,
     target_alphas: torch.Tensor,
     weights: torch.Tensor,
-    input_range: tuple[int, int],
+    input_range: tuple[int, int] | torch.Tensor,
     target_range: tuple[int, int],
     input_cap: torch.Tensor,
     target_cap: torch.Tensor,
@@ -126,7 +127,8 @@ def sample_budgets(
         batch_size: B.
         input_alphas, target_alphas: (K, M) alphas per mixture component and modality.
         weights: (K,) component sampling weights (not necessarily normalised).
-        input_range, target_range: inclusive (low, high) of the per-sample totals.
+        input_range, target_range: inclusive (low, high) of the per-sample totals; ``input_range``
+            may also be a (K, 2) int tensor, one range per component.
         input_cap: (M,) tokens a modality can give as input (0 if it cannot be an input).
         target_cap: (M,) tokens a modality can give as target before inputs are removed.
         is_image: (M,) bool; an image's target cap shrinks by its input budget (disjoint sets).
@@ -137,7 +139,12 @@ def sample_budgets(
     """
     B = batch_size
     comp = torch.multinomial(weights.to(torch.float64), B, replacement=True, generator=generator)  # (B,)
-    n_in = torch.randint(input_range[0], input_range[1] + 1, (B,), generator=generator)
+    if isinstance(input_range, torch.Tensor):  # per component: low + floor(U * (high - low + 1))
+        low, high = input_range[comp, 0], input_range[comp, 1]  # (B,), (B,)
+        u = torch.rand(B, generator=generator, dtype=torch.float64)
+        n_in = low + torch.minimum((u * (high - low + 1)).floor().long(), high - low)
+    else:
+        n_in = torch.randint(input_range[0], input_range[1] + 1, (B,), generator=generator)
     n_tgt = torch.randint(target_range[0], target_range[1] + 1, (B,), generator=generator)
     in_budget = split_tokens(n_in, input_alphas[comp], input_cap[None].expand(B, -1), generator)  # (B, M)
     tgt_cap = torch.where(is_image[None], target_cap[None] - in_budget, target_cap[None].expand(B, -1))

@@ -51,6 +51,11 @@ class MixtureComponent:
             ``"binary"`` (0 or 1 with equal probability).
         weight: relative sampling weight of this component (>= 0; 0 disables it).
         name: a label for logs.
+        input_tokens: ``(low, high)``: this component draws its input total uniformly from
+            ``low..high`` (inclusive, within ``[0, num_input_tokens]``) instead of the config's
+            range. With one image modality as the only input and target, ``(4, 60)`` of 64 tokens
+            is MaskGIT's task: a uniform share of the grid given, the rest predicted, so every
+            step of iterative decoding is trained. ``None``: the config's range.
     """
 
     input_alphas: dict[str, float] = field(default_factory=dict)
@@ -58,6 +63,7 @@ class MixtureComponent:
     keep: dict[str, KeepScheme] = field(default_factory=dict)
     weight: float = 1.0
     name: str = ""
+    input_tokens: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         label = f"MixtureComponent {self.name!r}" if self.name else "MixtureComponent"
@@ -71,6 +77,13 @@ class MixtureComponent:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
             raise ValueError(f"{label}.weight = {w!r}: must be a finite number >= 0 (0 disables the component)")
         object.__setattr__(self, "weight", float(w))
+        if self.input_tokens is not None:
+            rng = tuple(self.input_tokens)
+            if (len(rng) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in rng)
+                    or not 0 <= rng[0] <= rng[1]):
+                raise ValueError(f"{label}.input_tokens = {self.input_tokens!r}: must be [low, high], integers "
+                                 "with 0 <= low <= high (e.g. [4, 60])")
+            object.__setattr__(self, "input_tokens", rng)
 
     def modality_names(self) -> set[str]:
         return set(self.input_alphas) | set(self.target_alphas) | set(self.keep)
@@ -129,12 +142,20 @@ class MaskingConfig:
                 raise ValueError(f"MaskingConfig.{total} = {n!r}: must be an integer >= 0")
             if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 0 <= m <= n):
                 raise ValueError(f"MaskingConfig.{low} = {m!r}: must be an integer in [0, {total}={n}] or None")
+        for i, comp in enumerate(comps):
+            if comp.input_tokens is not None and comp.input_tokens[1] > self.num_input_tokens:
+                raise ValueError(f"MaskingConfig.components[{i}].input_tokens = {list(comp.input_tokens)}: high must "
+                                 f"be at most num_input_tokens={self.num_input_tokens} (the encoder's input slots)")
 
     @property
     def input_range(self) -> tuple[int, int]:
         """(low, high) of the per-sample input total, inclusive."""
         low = self.num_input_tokens if self.min_input_tokens is None else self.min_input_tokens
         return low, self.num_input_tokens
+
+    def component_input_ranges(self) -> list[tuple[int, int]]:
+        """(low, high) of the input total of each component: its ``input_tokens`` or ``input_range``."""
+        return [c.input_tokens or self.input_range for c in self.components]
 
     @property
     def target_range(self) -> tuple[int, int]:

@@ -245,12 +245,17 @@ class UnifiedMasking:
         self.input_cap = torch.tensor([s.num_tokens if s.encoder else 0 for s in self.specs.values()])
         self.target_cap = torch.tensor([s.num_tokens if s.decoder else 0 for s in self.specs.values()])
         self.is_image = torch.tensor([s.kind in ("image", "pixels") for s in self.specs.values()])
+        # a (K, 2) table only when some component has its own input range: otherwise the totals are
+        # drawn exactly as before (same random stream, so older runs resume and reproduce bit for bit)
+        ranges = config.component_input_ranges()
+        self.input_range = (torch.tensor(ranges) if any(c.input_tokens is not None for c in comps)
+                            else config.input_range)
 
     def sample_budgets(self, batch_size: int, generator: torch.Generator | int) -> TokenBudgets:
         """Draw components, totals and per-modality budgets (columns in ``config.modalities`` order)."""
         return sample_budgets(
             batch_size, self.input_alphas, self.target_alphas, self.weights,
-            self.config.input_range, self.config.target_range,
+            self.input_range, self.config.target_range,
             self.input_cap, self.target_cap, self.is_image, as_generator(generator),
         )
 
