@@ -5,6 +5,7 @@
 #   bash experiments/tokenizer_proxies/run.sh "A_control" "H_no_dead_code tokenizer.quantizer.dead_code_threshold=0"
 #   bash experiments/tokenizer_proxies/run.sh "L_flat_nodead tokenizer.quantizer.dead_code_threshold=0 tokenizer.normalize.flat=true"
 #   bash experiments/tokenizer_proxies/run.sh "M_flat_local tokenizer.quantizer.dead_code_threshold=0 tokenizer.normalize.flat=true tokenizer.encoder.local=true"
+#   bash experiments/tokenizer_proxies/run.sh "N_flat_local_dead tokenizer.normalize.flat=true tokenizer.encoder.local=true"
 set -u
 cd "$(dirname "$0")/../.."
 export OMP_WAIT_POLICY=PASSIVE
