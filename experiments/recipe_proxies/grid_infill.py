@@ -10,7 +10,8 @@ the context either, the token space is the limit; if it can, the unified model's
     python experiments/recipe_proxies/grid_infill.py <raw shard dir> --tokenizer <rgb tokenizer dir>
 
 With ``--tokenizer`` the grids are that tokenizer's codes of the raw shards' rgb images (encoded
-here, so a tokenizer proxy can be screened before any token shards are written).
+here, so a tokenizer proxy can be screened before any token shards are written), and the figures
+are also split into object tokens (an object pixel in the patch) and background tokens.
 
 Found (2026-12-07, 600 steps x 64, hidden cross-entropy given 5 / 30 / 50 / 70 / 90% of the grid):
 tokenizer proxy L (flat view) 3.77 / 2.96 / 2.86 / 2.77 / 2.80; proxy M (flat view + patch-local
@@ -48,13 +49,17 @@ def load_grids(split_dir: Path, field: str, limit: int | None) -> np.ndarray:
     return np.stack(grids).astype(np.int64)
 
 
-def encode_grids(split_dir: Path, tokenizer_dir: Path, limit: int | None, batch: int = 512) -> np.ndarray:
+def encode_grids(split_dir: Path, tokenizer_dir: Path, limit: int | None,
+                 batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, object) of the raw shards' scenes: (N, h * w) int64 codes of ``tokenizer_dir`` and
+    (N, h * w) bool, whether the token's patch holds an object pixel (semseg class >= 2)."""
     from PIL import Image
 
     from fourm.vq.vqvae import ImageTokenizer
 
     tok = ImageTokenizer.from_pretrained(tokenizer_dir).eval()
-    images, grids = [], []
+    patch = tok.config.downsample
+    images, grids, objects = [], [], []
 
     def flush() -> None:
         with torch.no_grad():
@@ -62,18 +67,28 @@ def encode_grids(split_dir: Path, tokenizer_dir: Path, limit: int | None, batch:
         grids.append(codes.reshape(len(images), -1).numpy())
         images.clear()
 
-    count = 0
+    count, taken = 0, set()
     for shard in sorted(split_dir.glob("shard-*.tar")):
         with tarfile.open(shard) as tar:
             for member in tar:
+                key = (shard.name, member.name.split(".")[0])
                 if member.name.endswith(".rgb.png") and (not limit or count < limit):
-                    images.append(np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")))
+                    data = tar.extractfile(member).read()
+                    images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+                    taken.add(key)
                     count += 1
                     if len(images) == batch:
                         flush()
+                elif member.name.endswith(".semseg.png") and key in taken:  # members of a sample: rgb first
+                    seg = np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read()))) >= 2  # 0 sky, 1 ground
+                    h, w = seg.shape[0] // patch, seg.shape[1] // patch
+                    objects.append(seg.reshape(h, patch, w, patch).any(axis=(1, 3)).reshape(-1))
     if images:
         flush()
-    return np.concatenate(grids).astype(np.int64)
+    codes = np.concatenate(grids).astype(np.int64)
+    if len(objects) != len(codes):
+        raise ValueError(f"{split_dir}: {len(codes)} rgb images but {len(objects)} semseg maps")
+    return codes, np.stack(objects)
 
 
 class GridInfill(nn.Module):
@@ -122,13 +137,15 @@ def main() -> None:
     if args.tokenizer:
         config = json.loads((args.tokenizer / "config.json").read_text())["config"]
         vocab = args.vocab or config["quantizer"]["codebook_size"]
-        train = torch.from_numpy(encode_grids(args.shards / "train", args.tokenizer, args.train_limit))
-        val = torch.from_numpy(encode_grids(args.shards / "val", args.tokenizer, args.val_limit))
+        train = torch.from_numpy(encode_grids(args.shards / "train", args.tokenizer, args.train_limit)[0])
+        val_codes, val_objects = encode_grids(args.shards / "val", args.tokenizer, args.val_limit)
+        val, objects = torch.from_numpy(val_codes), torch.from_numpy(val_objects)
         print(f"encoded {len(train)} + {len(val)} grids; codes used {len(torch.unique(train))}", flush=True)
     else:
         vocab = args.vocab or json.loads((args.shards / "train" / "metadata.json").read_text())["fields"][args.field]
         train = torch.from_numpy(load_grids(args.shards / "train", args.field, args.train_limit))
         val = torch.from_numpy(load_grids(args.shards / "val", args.field, args.val_limit))
+        objects = None
     length = train.shape[1]
     model = GridInfill(vocab, length, args.dim, args.depth, heads=4)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
@@ -151,14 +168,20 @@ def main() -> None:
 
     model.eval()
     eval_gen = torch.Generator().manual_seed(1000)
-    row = {}
+    row, by_group = {}, {"object": {}, "background": {}}
     with torch.no_grad():
         for share in (float(s) for s in args.given.split(",")):
             hidden = draw_hidden(len(val), length, torch.full((len(val),), share), eval_gen)
-            logits = model(val, hidden)
-            row[share] = F.cross_entropy(logits[hidden], val[hidden]).item()
-    print(json.dumps({"shards": str(args.shards), "tokenizer": str(args.tokenizer), "field": args.field, "steps": args.steps,
-                      "train_grids": len(train), "hidden_ce_given": row}))
+            ce = F.cross_entropy(model(val, hidden).transpose(1, 2), val, reduction="none")  # (B, N)
+            row[share] = ce[hidden].mean().item()
+            if objects is not None:  # with --tokenizer: split by whether the patch holds an object
+                by_group["object"][share] = ce[hidden & objects].mean().item()
+                by_group["background"][share] = ce[hidden & ~objects].mean().item()
+    out = {"shards": str(args.shards), "tokenizer": str(args.tokenizer), "field": args.field, "steps": args.steps,
+           "train_grids": len(train), "hidden_ce_given": row}
+    if objects is not None:
+        out["hidden_ce_given_by_group"] = by_group
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
