@@ -25,7 +25,7 @@ class NetConfig:
         depths: residual blocks of each stage (same length as ``dim_mult``); 0 at full
             resolution saves most of the compute.
         local: encoder only. ``True``: each token sees its own patch and nothing else (the
-            pixels of a patch are folded into channels, then ``sum(depths)`` residual blocks of
+            pixels of a patch are folded into channels, then ``max(1, sum(depths))`` residual blocks of
             1x1 convolutions with a per-position norm run at ``dim * dim_mult[-1] * 4`` channels),
             so a code is a function of its patch alone: two patches that look the same get the
             same code whatever surrounds them, which makes codes predictable from their
