@@ -15,7 +15,8 @@ from fourm.data.shapes_world import parse_caption, render_scene
 from fourm.evaluation.dense import depth_scores, semseg_scores
 from fourm.evaluation.detection import average_precision, detection_map
 from fourm.evaluation.objects import layout_scores, object_triples, triple_f1
-from fourm.evaluation.benchmark import TASKS, box_scores, parse_tasks, run_benchmark
+from fourm.generation.target import Target
+from fourm.evaluation.benchmark import TASKS, DecodingSettings, box_scores, parse_tasks, run_benchmark
 from fourm.evaluation.report import TABLE_METRICS, task_title
 from fourm.masking.spans import EOS_ID, sentinel_id
 from fourm.data.shapes_modalities import shapes_world_modalities
@@ -226,6 +227,26 @@ def test_rgb_conditions_enter_through_pixel_input_when_the_model_has_it(tokenize
         run_benchmark(tiny_model(), tokenizers, num_samples=1, tasks="rgb2depth", rgb_input="pixels")
     with pytest.raises(ValueError, match="rgb_input='both'; allowed: auto, pixels, tokens"):
         run_benchmark(px, tokenizers, num_samples=1, tasks="rgb2depth", rgb_input="both")
+
+
+def test_rgb_scheme_reaches_the_rgb_target_only(model, tokenizers, monkeypatch):
+    from fourm.generation.sampler import Sampler
+
+    schemes = []
+    generate = Sampler.generate
+
+    def spy(self, inputs=None, targets=(), *a, **k):
+        listed = targets if isinstance(targets, (list, tuple)) else [targets]
+        schemes.append({t.modality: t.scheme for t in listed if isinstance(t, Target)})
+        return generate(self, inputs, targets, *a, **k)
+
+    monkeypatch.setattr(Sampler, "generate", spy)
+    roar = run_benchmark(model, tokenizers, seed=7, num_samples=2, tasks="semseg2rgb,rgb2depth", grid_scenes=0,
+                         progress=False, decoding=DecodingSettings(rgb_scheme="roar"))
+    assert {"tok_rgb": "roar"} in schemes and {"tok_depth": None} in schemes  # depth keeps its default (maskgit)
+    assert "random order (roar)" in roar.decoding_text
+    with pytest.raises(ValueError, match="rgb_scheme='random'; allowed: maskgit, roar"):
+        DecodingSettings(rgb_scheme="random")
 
 
 def test_parse_tasks():

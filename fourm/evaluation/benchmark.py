@@ -54,7 +54,7 @@ from fourm.evaluation.objects import layout_scores, object_triples, scene_f1, tr
 from fourm.evaluation.report import BenchmarkResult, GridRow
 from fourm.evaluation.scene_parser import parse_scene
 from fourm.generation.sampler import GenerationResult, Sampler
-from fourm.generation.target import Target
+from fourm.generation.target import IMAGE_SCHEMES, Target
 from fourm.masking.spans import EOS_ID
 from fourm.models import FourM
 from fourm.vq.boxes import boxes_to_ids, parse_boxes
@@ -97,12 +97,14 @@ class DecodingSettings:
     """The fixed decoding of the benchmark.
 
     Args:
-        image_steps: MaskGIT steps (cosine schedule) of every image target.
+        image_steps: decoding steps of every image target (MaskGIT: cosine schedule).
         dense_temperature: temperature of semseg / depth from rgb (0 = greedy: a dense
             prediction has one right answer).
         rgb_temperature: temperature of generated rgb, annealed linearly to 0 over the steps.
         rgb_cfg_scale: classifier-free guidance of generated rgb over all its conditions.
         sequence_temperature: temperature of captions and det (0 = greedy).
+        rgb_scheme: order in which generated rgb tokens are fixed: ``"maskgit"`` (most confident
+            first, cosine schedule) or ``"roar"`` (random order, linear schedule).
     """
 
     image_steps: int = 8
@@ -110,11 +112,14 @@ class DecodingSettings:
     rgb_temperature: float = 1.0
     rgb_cfg_scale: float = 3.0
     sequence_temperature: float = 0.0
+    rgb_scheme: str = "maskgit"
 
     def __post_init__(self) -> None:
         steps = self.image_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"DecodingSettings.image_steps={steps!r}; must be an integer >= 1")
+        if self.rgb_scheme not in IMAGE_SCHEMES:
+            raise ValueError(f"DecodingSettings.rgb_scheme={self.rgb_scheme!r}; allowed: {', '.join(IMAGE_SCHEMES)}")
         Target("tok_rgb", steps=self.image_steps, temperature=self.rgb_temperature, cfg_scale=self.rgb_cfg_scale)
         Target("tok_depth", temperature=self.dense_temperature)
         Target("caption", temperature=self.sequence_temperature)
@@ -122,7 +127,7 @@ class DecodingSettings:
     def target(self, key: str, modality: str) -> Target:
         """The Target generating raw modality ``key`` (rgb, depth, semseg, caption, det) as ``modality``."""
         if key == "rgb":
-            return Target(modality, steps=self.image_steps, temperature=self.rgb_temperature,
+            return Target(modality, steps=self.image_steps, scheme=self.rgb_scheme, temperature=self.rgb_temperature,
                           temperature_schedule="linear", cfg_scale=self.rgb_cfg_scale)
         if key in IMAGE_KEYS:
             return Target(modality, steps=self.image_steps, temperature=self.dense_temperature)
@@ -130,8 +135,9 @@ class DecodingSettings:
 
     def describe(self) -> str:
         """The settings in one line of words (printed above the table)."""
+        rgb_order = "" if self.rgb_scheme == "maskgit" else ", random order (roar)"
         return (f"images: MaskGIT {self.image_steps} steps (cosine); semseg/depth temperature {self.dense_temperature:g}; "
-                f"rgb temperature {self.rgb_temperature:g} (linear to 0), CFG {self.rgb_cfg_scale:g}; "
+                f"rgb temperature {self.rgb_temperature:g} (linear to 0), CFG {self.rgb_cfg_scale:g}{rgb_order}; "
                 f"caption/det temperature {self.sequence_temperature:g}")
 
 

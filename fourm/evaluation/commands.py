@@ -25,6 +25,7 @@ from fourm.cli import BUNDLED_MODEL, BUNDLED_TOKENIZERS, bundled_default, comman
 from fourm.config import save_json_atomic
 from fourm.evaluation.benchmark import DEFAULT_SEED, RGB_INPUTS, TASKS, DecodingSettings, parse_tasks, run_benchmark
 from fourm.models import ATTENTION_BACKENDS
+from fourm.generation.target import IMAGE_SCHEMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="scenes generated together (default 32)")
     p.add_argument("--image-steps", type=int, default=DecodingSettings.image_steps,
                    help=f"MaskGIT steps of image targets (default {DecodingSettings.image_steps})")
+    p.add_argument("--rgb-scheme", choices=IMAGE_SCHEMES, default=DecodingSettings.rgb_scheme,
+                   help="order in which generated rgb tokens are fixed: maskgit (most confident first) or roar "
+                        f"(random order) (default {DecodingSettings.rgb_scheme})")
     p.add_argument("--cfg-scale", type=float, default=DecodingSettings.rgb_cfg_scale,
                    help=f"classifier-free guidance of generated rgb (default {DecodingSettings.rgb_cfg_scale:g}; 1 = off)")
     p.add_argument("--rgb-input", choices=RGB_INPUTS, default="auto",
@@ -104,7 +108,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tasks = parse_tasks(args.tasks)
         if args.grid is not None and args.grid.suffix.lower() != ".png":
             raise ValueError(f"--grid {args.grid}: the grid is written as PNG; give a path ending in .png")
-        decoding = DecodingSettings(image_steps=args.image_steps, rgb_cfg_scale=args.cfg_scale)
+        decoding = DecodingSettings(image_steps=args.image_steps, rgb_cfg_scale=args.cfg_scale,
+                                    rgb_scheme=args.rgb_scheme)
         model_path = bundled_default(args.model, "--model", BUNDLED_MODEL)
         tok_path = bundled_default(args.tokenizers, "--tokenizers", BUNDLED_TOKENIZERS)
         device = torch.device(args.device)
