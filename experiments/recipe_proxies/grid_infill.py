@@ -26,71 +26,52 @@ The library never imports this file.
 from __future__ import annotations
 
 import argparse
-import io
+import itertools
 import json
 import math
-import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def load_grids(split_dir: Path, field: str, limit: int | None) -> np.ndarray:
-    grids = []
-    for shard in sorted(split_dir.glob("shard-*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if member.name.endswith(f".{field}.npy"):
-                    grids.append(np.load(io.BytesIO(tar.extractfile(member).read())).reshape(-1))
-                    if limit and len(grids) >= limit:
-                        return np.stack(grids).astype(np.int64)
-    return np.stack(grids).astype(np.int64)
+from fourm.data.pretokenize import read_token_metadata
+from fourm.data.shard_reader import ShardDataset
+from fourm.evaluation.token_stats import object_token_mask
+from fourm.vq.vqvae import ImageTokenizer
 
 
-def encode_grids(split_dir: Path, tokenizer_dir: Path, limit: int | None,
-                 batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def read_split(split_dir: Path, fields: list[str], limit: int | None, batch: int = 512):
+    """The split's samples in stored order (the first ``limit``), as lists of up to ``batch``."""
+    chunk = []
+    for sample in itertools.islice(ShardDataset(str(split_dir), fields=fields), limit):
+        chunk.append(sample)
+        if len(chunk) == batch:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def load_grids(split_dir: Path, field: str, limit: int | None) -> torch.Tensor:
+    """(N, h * w) int64 token grids of a token shard folder."""
+    return torch.cat([torch.stack([s[field].reshape(-1).long() for s in chunk])
+                      for chunk in read_split(split_dir, [field], limit)])
+
+
+def encode_grids(split_dir: Path, tokenizer_dir: Path, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes, object) of the raw shards' scenes: (N, h * w) int64 codes of ``tokenizer_dir`` and
-    (N, h * w) bool, whether the token's patch holds an object pixel (semseg class >= 2)."""
-    from PIL import Image
-
-    from fourm.vq.vqvae import ImageTokenizer
-
+    (N, h * w) bool, whether the token's patch holds an object pixel."""
     tok = ImageTokenizer.from_pretrained(tokenizer_dir).eval()
-    patch = tok.config.downsample
-    images, grids, objects = [], [], []
-
-    def flush() -> None:
+    codes, objects = [], []
+    for chunk in read_split(split_dir, ["rgb", "semseg"], limit):
         with torch.no_grad():
-            codes = tok.encode(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))  # (B, h, w)
-        grids.append(codes.reshape(len(images), -1).numpy())
-        images.clear()
-
-    count, taken = 0, set()
-    for shard in sorted(split_dir.glob("shard-*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                key = (shard.name, member.name.split(".")[0])
-                if member.name.endswith(".rgb.png") and (not limit or count < limit):
-                    data = tar.extractfile(member).read()
-                    images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-                    taken.add(key)
-                    count += 1
-                    if len(images) == batch:
-                        flush()
-                elif member.name.endswith(".semseg.png") and key in taken:  # members of a sample: rgb first
-                    seg = np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read()))) >= 2  # 0 sky, 1 ground
-                    h, w = seg.shape[0] // patch, seg.shape[1] // patch
-                    objects.append(seg.reshape(h, patch, w, patch).any(axis=(1, 3)).reshape(-1))
-    if images:
-        flush()
-    codes = np.concatenate(grids).astype(np.int64)
-    if len(objects) != len(codes):
-        raise ValueError(f"{split_dir}: {len(codes)} rgb images but {len(objects)} semseg maps")
-    return codes, np.stack(objects)
+            grid = tok.encode(torch.stack([s["rgb"] for s in chunk]))  # (B, h, w)
+        mask = object_token_mask(torch.stack([s["semseg"] for s in chunk]), tuple(grid.shape[1:]))  # (B, h, w)
+        codes.append(grid.reshape(len(chunk), -1).long())
+        objects.append(mask.reshape(len(chunk), -1))
+    return torch.cat(codes), torch.cat(objects)
 
 
 class GridInfill(nn.Module):
@@ -137,16 +118,14 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     if args.tokenizer:
-        config = json.loads((args.tokenizer / "config.json").read_text())["config"]
-        vocab = args.vocab or config["quantizer"]["codebook_size"]
-        train = torch.from_numpy(encode_grids(args.shards / "train", args.tokenizer, args.train_limit)[0])
-        val_codes, val_objects = encode_grids(args.shards / "val", args.tokenizer, args.val_limit)
-        val, objects = torch.from_numpy(val_codes), torch.from_numpy(val_objects)
+        vocab = args.vocab or ImageTokenizer.from_pretrained(args.tokenizer).codebook_size
+        train = encode_grids(args.shards / "train", args.tokenizer, args.train_limit)[0]
+        val, objects = encode_grids(args.shards / "val", args.tokenizer, args.val_limit)
         print(f"encoded {len(train)} + {len(val)} grids; codes used {len(torch.unique(train))}", flush=True)
     else:
-        vocab = args.vocab or json.loads((args.shards / "train" / "metadata.json").read_text())["fields"][args.field]
-        train = torch.from_numpy(load_grids(args.shards / "train", args.field, args.train_limit))
-        val = torch.from_numpy(load_grids(args.shards / "val", args.field, args.val_limit))
+        vocab = args.vocab or read_token_metadata(args.shards / "train")["fields"][args.field]
+        train = load_grids(args.shards / "train", args.field, args.train_limit)
+        val = load_grids(args.shards / "val", args.field, args.val_limit)
         objects = None
     length = train.shape[1]
     model = GridInfill(vocab, length, args.dim, args.depth, heads=4)

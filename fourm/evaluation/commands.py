@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"comma-separated tasks (default all): {', '.join(TASKS)}")
     p.add_argument("--batch-size", type=int, default=32, help="scenes generated together (default 32)")
     p.add_argument("--image-steps", type=int, default=DecodingSettings.image_steps,
-                   help=f"MaskGIT steps of image targets (default {DecodingSettings.image_steps})")
+                   help=f"decoding steps of image targets (default {DecodingSettings.image_steps})")
     p.add_argument("--rgb-scheme", choices=IMAGE_SCHEMES, default=DecodingSettings.rgb_scheme,
                    help="order in which generated rgb tokens are fixed: maskgit (most confident first) or roar "
                         f"(random order) (default {DecodingSettings.rgb_scheme})")
