@@ -157,6 +157,60 @@ def test_a_component_input_range_gives_maskgit_shares_and_leaves_the_others_alon
     assert same.input_range == (6, 15)
 
 
+def test_whole_inputs_give_the_full_condition_and_a_maskgit_share_of_the_grid(reg):
+    """Conditional MaskGIT's task: all of tok_semseg (or the whole caption) in, a uniform share of
+    tok_rgb in, the rest of tok_rgb out; the drawn total counts the share only."""
+    seg = MixtureComponent({"tok_rgb": 1.0}, {"tok_rgb": 1.0}, name="semseg_infill", input_tokens=(0, 15),
+                           whole_inputs=("tok_semseg",))
+    cap = MixtureComponent({"tok_rgb": 1.0}, {"tok_rgb": 1.0}, name="caption_infill", input_tokens=(0, 15),
+                           whole_inputs=("caption",))
+    plain = all_to_all_component(TOKENS, 1.0)
+    masking = UnifiedMasking(config([plain, seg, cap], n_in=40, n_tgt=16, min_input_tokens=6), reg)
+    budgets = masking.sample_budgets(3000, 0)
+    names = masking.config.modalities
+    rgb, sem, capt = (names.index(m) for m in ("tok_rgb", "tok_semseg", "caption"))
+    mine = budgets.component == 1
+    n_rgb = budgets.input[mine, rgb]
+    assert (budgets.input[mine, sem] == 16).all() and (budgets.target[mine, sem] == 0).all()
+    assert int(n_rgb.min()) == 0 and int(n_rgb.max()) == 15 and n_rgb.float().mean().sub(7.5).abs() < 0.4
+    assert torch.equal(budgets.target[mine, rgb], 16 - n_rgb)
+    assert torch.equal(budgets.num_input[mine], 16 + n_rgb) and torch.equal(budgets.input[mine].sum(-1), 16 + n_rgb)
+    assert (budgets.input[budgets.component == 2, capt] == reg["caption"].num_tokens).all()
+    assert int(budgets.num_input[budgets.component == 0].max()) <= 40  # the others keep the config's range
+    samples = make_samples(reg, 96, 5, max_len=20)
+    batch = masking(samples, 5)
+    comp = masking.sample_budgets(96, 5).component  # the first draw of masking(samples, 5)
+    for b in torch.nonzero(comp == 1).flatten().tolist():
+        assert batch["tok_semseg"]["is_input"][b].all() and not batch["tok_semseg"]["is_target"][b].any()
+        given = batch["tok_rgb"]["is_input"][b]
+        assert torch.equal(batch["tok_rgb"]["is_target"][b], ~given)  # the rest of the grid is the target
+        assert not any(batch[m]["is_input"][b].any() for m in ("rgb", "tok_depth", "det"))
+    whole_caption = TransferMasking(["caption"], ["tok_rgb"], reg)(samples)["caption"]
+    for b in torch.nonzero(comp == 2).flatten().tolist():  # the caption exactly as a whole input
+        n = int(whole_caption["is_input"][b].sum())
+        assert int(batch["caption"]["is_input"][b].sum()) == n
+        assert torch.equal(batch["caption"]["tokens"][b][batch["caption"]["is_input"][b]],
+                           whole_caption["tokens"][b][whole_caption["is_input"][b]])
+        assert not batch["caption"]["is_target"][b].any()
+    assert (comp == 1).any() and (comp == 2).any()
+    # no component with whole inputs: the budgets are drawn exactly as before (same stream)
+    assert masking.whole_inputs is not None
+    assert UnifiedMasking(config([plain], n_in=40, n_tgt=16, min_input_tokens=6), reg).whole_inputs is None
+
+
+def test_whole_inputs_errors_name_the_component_and_the_bound(reg):
+    with pytest.raises(ValueError, match=r"whole_inputs names 'tok_semseg', which also has input_alphas"):
+        MixtureComponent({"tok_semseg": 1.0}, {"tok_rgb": 1.0}, whole_inputs=("tok_semseg",))
+    with pytest.raises(ValueError, match=r"whole_inputs = 'caption': must be a list"):
+        MixtureComponent({}, {"tok_rgb": 1.0}, whole_inputs="caption")
+    comp = MixtureComponent({"tok_rgb": 1.0}, {"tok_rgb": 1.0}, input_tokens=(0, 15), whole_inputs=("tok_semseg",))
+    with pytest.raises(ValueError, match=r"components\[0\]\.whole_inputs \['tok_semseg'\] take 16 input tokens and "
+                                         r"the other inputs up to 15: 31 > num_input_tokens=24"):
+        UnifiedMasking(config([comp], n_in=24, n_tgt=16), reg)
+    with pytest.raises(ConfigError, match=r"components\[0\]\.whole_inputs: unknown modality 'semseg'"):
+        MaskingConfig.from_dict({"modalities": list(ALL), "components": [{"whole_inputs": ["semseg"]}]})
+
+
 def test_component_without_inputs_gives_targets_only(reg):
     comps = [MixtureComponent({}, {"tok_rgb": 1.0, "caption": 1.0}, name="unconditional")]
     masking = UnifiedMasking(config(comps, n_in=20, n_tgt=20), reg)

@@ -6,6 +6,8 @@
 #   P1 tok_rgb from rgb_gen            experiments/recipe_proxies/p1_gen_tokens.yaml
 #   P2 P1 + the cond2rgb component     experiments/recipe_proxies/p2_gen_cond2rgb.yaml
 #   P6 P1 + the rgb_infill component   experiments/recipe_proxies/p6_infill.yaml (MaskGIT's task)
+#   P7 P1 + conditional infill         experiments/recipe_proxies/p7_cond_infill.yaml (the condition whole
+#                                      + a share of tok_rgb in, the rest out; 128 encoder slots)
 #   P3 P1 with RGB_GEN set to the flat tokenizer proxy L (experiments/tokenizer_proxies) and OUT elsewhere
 # Needs the rgb_gen tokenizer: fourm tokenizer train configs/tokenizers/rgb_gen_64.yaml (RGB_GEN below).
 #   bash experiments/recipe_proxies/run.sh P1 P2
@@ -26,7 +28,8 @@ fi
 [ -d data/shapes/train ] || "$FOURM" data shapes --out data/shapes/train --num-samples 40000 --seed 0 --workers 2
 [ -d data/shapes/val ] || "$FOURM" data shapes --out data/shapes/val --num-samples 1024 --seed 1
 for split in train val; do
-  [ -d data/shapes_tok/$split ] || "$FOURM" tokenize --input data/shapes/$split --output data/shapes_tok/$split \
+  case " $* " in *" P0 "*) need_p0=1 ;; *) need_p0= ;; esac  # only P0 reads the bundled tokens
+  [ -z "$need_p0" ] || [ -d data/shapes_tok/$split ] || "$FOURM" tokenize --input data/shapes/$split --output data/shapes_tok/$split \
       --tokenizers tokenizers/shapes64 --keep rgb --no-progress
   [ -d data/shapes_tok_gen/$split ] || "$FOURM" tokenize --input data/shapes/$split --output data/shapes_tok_gen/$split \
       --tokenizers "$SET" --config experiments/recipe_proxies/p1_gen_tokens.yaml --keep rgb --no-progress
@@ -34,7 +37,8 @@ done
 
 config_of() { case $1 in P0) echo configs/fm/shapes_bundled.yaml ;; P1) echo experiments/recipe_proxies/p1_gen_tokens.yaml ;;
                           P2) echo experiments/recipe_proxies/p2_gen_cond2rgb.yaml ;;
-                          P6) echo experiments/recipe_proxies/p6_infill.yaml ;; *) echo "unknown proxy $1" >&2; exit 2 ;; esac; }
+                          P6) echo experiments/recipe_proxies/p6_infill.yaml ;;
+                          P7) echo experiments/recipe_proxies/p7_cond_infill.yaml ;; *) echo "unknown proxy $1" >&2; exit 2 ;; esac; }
 for name in "$@"; do
   dir=$OUT/$name
   [ -f "$dir/model/config.json" ] || "$FOURM" train "$(config_of "$name")" "out_dir=$dir" "steps=$STEPS" \

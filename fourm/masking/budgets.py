@@ -9,6 +9,7 @@ The steps follow the 4M paper and reference (``UnifiedMasking.input_token_budget
 3. the input total is split over modalities by a Dirichlet draw: floor of ``p * total``, then the
    tokens lost to flooring go, one each, to the argmax of extra Dirichlet draws, so a modality
    with alpha 0 never gets a token; the result is clamped to each modality's available tokens;
+   modalities a component gives whole (``whole_inputs``) get all their tokens on top of that total;
 4. the same for targets, where an image modality's cap is what its inputs left over (input and
    target tokens of an image are disjoint), a sequence's cap is its full length, and a
    modality that cannot be a target gets 0.
@@ -120,6 +121,7 @@ def sample_budgets(
     target_cap: torch.Tensor,
     is_image: torch.Tensor,
     generator: torch.Generator,
+    whole: torch.Tensor | None = None,
 ) -> TokenBudgets:
     """Draw mixture components, totals and per-modality budgets for a batch.
 
@@ -133,9 +135,11 @@ def sample_budgets(
         target_cap: (M,) tokens a modality can give as target before inputs are removed.
         is_image: (M,) bool; an image's target cap shrinks by its input budget (disjoint sets).
         generator: randomness.
+        whole: (K, M) bool: modalities each component gives whole as input (their full ``input_cap``,
+            added to the drawn total; their alphas are 0). ``None``: none (no extra draws either).
 
     Returns:
-        :class:`TokenBudgets`.
+        :class:`TokenBudgets`; ``num_input`` includes the whole inputs.
     """
     B = batch_size
     comp = torch.multinomial(weights.to(torch.float64), B, replacement=True, generator=generator)  # (B,)
@@ -147,6 +151,10 @@ def sample_budgets(
         n_in = torch.randint(input_range[0], input_range[1] + 1, (B,), generator=generator)
     n_tgt = torch.randint(target_range[0], target_range[1] + 1, (B,), generator=generator)
     in_budget = split_tokens(n_in, input_alphas[comp], input_cap[None].expand(B, -1), generator)  # (B, M)
+    if whole is not None:
+        w = whole[comp]  # (B, M)
+        in_budget = torch.where(w, input_cap[None].expand(B, -1), in_budget)
+        n_in = n_in + (w * input_cap[None]).sum(-1)
     tgt_cap = torch.where(is_image[None], target_cap[None] - in_budget, target_cap[None].expand(B, -1))
     tgt_budget = split_tokens(n_tgt, target_alphas[comp], tgt_cap.clamp_min(0), generator)  # (B, M)
     return TokenBudgets(comp, n_in, n_tgt, in_budget, tgt_budget)

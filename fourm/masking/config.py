@@ -56,6 +56,12 @@ class MixtureComponent:
             range. With one image modality as the only input and target, ``(4, 60)`` of 64 tokens
             is MaskGIT's task: a uniform share of the grid given, the rest predicted, so every
             step of iterative decoding is trained. ``None``: the config's range.
+        whole_inputs: modalities given whole as input in this component (every token of an image,
+            the whole sequence), outside the Dirichlet split: ``input_tokens`` (or the config's
+            range) counts the other inputs only. With ``whole_inputs: [tok_semseg]``, tok_rgb as
+            the only other input and target, and ``input_tokens: [0, 60]``, this is conditional
+            MaskGIT's task: the full condition and a uniform share of the grid given, the rest
+            predicted. A whole input must not also have an input alpha.
     """
 
     input_alphas: dict[str, float] = field(default_factory=dict)
@@ -64,6 +70,7 @@ class MixtureComponent:
     weight: float = 1.0
     name: str = ""
     input_tokens: tuple[int, int] | None = None
+    whole_inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         label = f"MixtureComponent {self.name!r}" if self.name else "MixtureComponent"
@@ -84,9 +91,17 @@ class MixtureComponent:
                 raise ValueError(f"{label}.input_tokens = {self.input_tokens!r}: must be [low, high], integers "
                                  "with 0 <= low <= high (e.g. [4, 60])")
             object.__setattr__(self, "input_tokens", rng)
+        whole = self.whole_inputs
+        if isinstance(whole, str) or not all(isinstance(m, str) for m in whole) or len(set(whole)) != len(whole):
+            raise ValueError(f"{label}.whole_inputs = {whole!r}: must be a list of distinct modality names")
+        object.__setattr__(self, "whole_inputs", tuple(whole))
+        for name in self.whole_inputs:
+            if self.input_alphas.get(name, 0.0) > 0:
+                raise ValueError(f"{label}.whole_inputs names {name!r}, which also has input_alphas[{name!r}] = "
+                                 f"{self.input_alphas[name]}: a whole input is outside the Dirichlet split; drop one")
 
     def modality_names(self) -> set[str]:
-        return set(self.input_alphas) | set(self.target_alphas) | set(self.keep)
+        return set(self.input_alphas) | set(self.target_alphas) | set(self.keep) | set(self.whole_inputs)
 
 
 @dataclass(frozen=True)
@@ -127,7 +142,7 @@ class MaskingConfig:
         for i, comp in enumerate(comps):
             if not isinstance(comp, MixtureComponent):
                 raise ValueError(f"MaskingConfig.components[{i}] must be a MixtureComponent, got {type(comp).__name__}")
-            for fname in ("input_alphas", "target_alphas", "keep"):
+            for fname in ("input_alphas", "target_alphas", "keep", "whole_inputs"):
                 unknown = sorted(set(getattr(comp, fname)) - set(mods))
                 if unknown:
                     raise ValueError(

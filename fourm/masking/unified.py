@@ -229,6 +229,17 @@ class UnifiedMasking:
                         f"components[{i}].target_alphas[{name!r}] = {a}: {name!r} cannot be a target "
                         f"(kind {self.specs[name].kind!r}, decoder=False); set it to 0"
                     )
+            for name in comp.whole_inputs:
+                if not self.specs[name].encoder:
+                    raise ValueError(f"components[{i}].whole_inputs: {name!r} cannot be an input (encoder=False)")
+            whole_tokens = sum(self.specs[name].num_tokens for name in comp.whole_inputs)
+            high = (comp.input_tokens or config.input_range)[1]
+            if whole_tokens + high > config.num_input_tokens:
+                raise ValueError(
+                    f"components[{i}].whole_inputs {list(comp.whole_inputs)} take {whole_tokens} input tokens and "
+                    f"the other inputs up to {high}: {whole_tokens + high} > num_input_tokens="
+                    f"{config.num_input_tokens} (the encoder's slots); lower input_tokens or raise num_input_tokens"
+                )
             for name in comp.keep:
                 if self.specs[name].kind != "sequence":
                     raise ValueError(
@@ -241,7 +252,11 @@ class UnifiedMasking:
         self.input_alphas = torch.tensor([[c.input_alphas.get(m, 0.0) for m in names] for c in comps], dtype=f64)
         self.target_alphas = torch.tensor([[c.target_alphas.get(m, 0.0) for m in names] for c in comps], dtype=f64)
         self.weights = torch.tensor([c.weight for c in comps], dtype=f64)  # (K,)
-        self.keep = torch.tensor([[KEEP_CODES[c.keep.get(m, "random")] for m in names] for c in comps])
+        # a whole sequence input is kept whole ("all"); its input budget is its full length
+        self.keep = torch.tensor([[KEEP_CODES["all" if m in c.whole_inputs else c.keep.get(m, "random")]
+                                   for m in names] for c in comps])
+        whole = torch.tensor([[m in c.whole_inputs for m in names] for c in comps])  # (K, M)
+        self.whole_inputs = whole if whole.any() else None
         self.input_cap = torch.tensor([s.num_tokens if s.encoder else 0 for s in self.specs.values()])
         self.target_cap = torch.tensor([s.num_tokens if s.decoder else 0 for s in self.specs.values()])
         self.is_image = torch.tensor([s.kind in ("image", "pixels") for s in self.specs.values()])
@@ -256,7 +271,7 @@ class UnifiedMasking:
         return sample_budgets(
             batch_size, self.input_alphas, self.target_alphas, self.weights,
             self.input_range, self.config.target_range,
-            self.input_cap, self.target_cap, self.is_image, as_generator(generator),
+            self.input_cap, self.target_cap, self.is_image, as_generator(generator), self.whole_inputs,
         )
 
     def mask_batch(self, samples: Mapping[str, Any], generator: torch.Generator | int) -> Batch:
