@@ -99,16 +99,30 @@ def _run(args: argparse.Namespace, load: Callable, make_task: Callable, report: 
 
     cfg = load(args.config, args.overrides)
     try:
-        summary = run(make_task(cfg), resume=args.resume, until_step=args.until_step,
-                      progress=False if args.no_progress else None)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    if summary.is_main:
-        report(cfg, summary)
+        try:
+            summary = run(make_task(cfg), resume=args.resume, until_step=args.until_step,
+                          progress=False if args.no_progress else None)
+        except NonFiniteLossError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 3
+        if summary.is_main:
+            report(cfg, summary)
+    finally:
+        _end_process_group()
     if summary.stopped_by in ("SIGTERM", "SIGINT"):
         return 128 + int(getattr(signal, summary.stopped_by))
     return 0
+
+
+def _end_process_group() -> None:
+    """Destroy the process group that training started in this process (launched with ``accelerate
+    launch`` / ``torchrun``), so that no communication thread is left when the interpreter exits: a
+    rank that exits with its gloo threads alive can abort with "terminate called without an active
+    exception" after a finished run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def run_train(args: argparse.Namespace) -> int:
