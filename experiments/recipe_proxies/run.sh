@@ -11,6 +11,7 @@
 #   P3 P1 with RGB_GEN set to the flat tokenizer proxy L (experiments/tokenizer_proxies) and OUT elsewhere
 # Needs the rgb_gen tokenizer: fourm tokenizer train configs/tokenizers/rgb_gen_64.yaml (RGB_GEN below).
 #   bash experiments/recipe_proxies/run.sh P1 P2
+# TRAIN_ARGS adds overrides to every run, e.g. TRAIN_ARGS="threads=1" for two runs side by side.
 set -eu
 cd "$(dirname "$0")/../.."
 export OMP_WAIT_POLICY=PASSIVE
@@ -42,7 +43,7 @@ config_of() { case $1 in P0) echo configs/fm/shapes_bundled.yaml ;; P1) echo exp
 for name in "$@"; do
   dir=$OUT/$name
   [ -f "$dir/model/config.json" ] || "$FOURM" train "$(config_of "$name")" "out_dir=$dir" "steps=$STEPS" \
-      checkpoint.every=400 checkpoint.keep_last=3 logging.progress=false --resume auto > "$OUT/$name.log" 2>&1
+      checkpoint.every=400 checkpoint.keep_last=3 logging.progress=false ${TRAIN_ARGS:-} --resume auto > "$OUT/$name.log" 2>&1
   [ -f "$dir/eval.json" ] || "$FOURM" eval --model "$dir/model" --tokenizers "$SET" --num-samples 64 --seed 1000 \
       --json "$dir/eval.json" > "$dir/eval.txt" 2>&1
   [ -f "$dir/infill.json" ] || "$PY" benchmarks/token_infill.py "$dir/model" --tokenizers "$SET" \
