@@ -10,6 +10,11 @@ tokens, overall and for the tokens whose patch holds an object pixel (``object``
 (``background``). The masks are drawn from ``--mask-seed``, the same for every model, so two models
 are scored on the same hidden tokens.
 
+``--condition tok_semseg`` (or tok_depth, tok_rgb: any other image-token modality of the model)
+also gives that modality's whole grid as input, and ``--given`` may then include 0: this is a step
+of conditional generation (semseg -> rgb with MaskGIT: the condition and the tokens decoded so
+far in, the rest out), scored before sampling noise and the scene parser blur the comparison.
+
 Read it beside ``fourm tokenizer eval``'s predictability table: a tokenizer whose codes cannot be
 predicted from their neighbours (codes that stand for nearly the same patch, picked by noise) leaves
 even a good model near H(code | position), and such codes, sampled, draw mixed-up images. A
@@ -35,7 +40,8 @@ from fourm.vq.loading import load_tokenizers  # noqa: E402
 
 @torch.no_grad()
 def infill_cross_entropy(model: FourM, name: str, tokens: torch.Tensor, is_object: torch.Tensor, given: float,
-                         generator: torch.Generator, batch_size: int = 64) -> dict[str, float]:
+                         generator: torch.Generator, batch_size: int = 64,
+                         condition: tuple[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Mean cross-entropy of the hidden tokens of modality ``name`` given ``given`` of its grid.
 
     Args:
@@ -45,6 +51,7 @@ def infill_cross_entropy(model: FourM, name: str, tokens: torch.Tensor, is_objec
         is_object: (B, h, w) bool, the tokens whose patch holds an object pixel.
         given: share of each grid given as input, in (0, 1).
         generator: draws which tokens are given.
+        condition: (modality, (B, h', w') codes) given whole beside the share of ``name``'s grid.
     Returns:
         {"all", "object", "background"}: mean cross-entropy in nats; "hidden": tokens scored.
     """
@@ -52,15 +59,23 @@ def infill_cross_entropy(model: FourM, name: str, tokens: torch.Tensor, is_objec
     flat, obj = tokens.reshape(B, -1), is_object.reshape(B, -1)  # (B, L)
     L = flat.shape[1]
     k = round(given * L)
-    if not 0 < k < L:
-        raise ValueError(f"given={given} leaves {k} of {L} tokens as input; need at least one input and one target")
+    if not (0 if condition else 1) <= k < L:
+        raise ValueError(f"given={given} leaves {k} of {L} tokens as input; need at least one input (or a "
+                         "condition) and one target")
+    cond_name, cond = condition if condition else (None, None)
+    cond_flat = None if cond is None else cond.reshape(B, -1)
+    n_enc = k + (0 if cond_flat is None else cond_flat.shape[1])
     order = torch.rand(B, L, generator=generator).argsort(dim=1)
     is_input = torch.zeros(B, L, dtype=torch.bool).scatter_(1, order[:, :k], True)
     losses, objects = [], []
     for lo in range(0, B, batch_size):
         sl = slice(lo, lo + batch_size)
         batch = {name: {"tokens": flat[sl], "is_input": is_input[sl], "is_target": ~is_input[sl]}}
-        out = model(batch, L, L, return_logits=True)
+        if cond_flat is not None:
+            c = cond_flat[sl]
+            batch[cond_name] = {"tokens": c, "is_input": torch.ones_like(c, dtype=torch.bool),
+                                "is_target": torch.zeros_like(c, dtype=torch.bool)}
+        out = model(batch, max(n_enc, 1), L, return_logits=True)
         pred = out.predictions[name]
         losses.append(F.cross_entropy(pred.logits.float(), pred.target_ids, reduction="none"))
         objects.append(obj[sl][pred.batch_index, pred.position])
@@ -77,6 +92,8 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=256)
     p.add_argument("--given", default="0.5,0.9", help="comma-separated shares of the grid given as input")
     p.add_argument("--mask-seed", type=int, default=0)
+    p.add_argument("--condition", default=None,
+                   help="an image-token modality given whole as well (e.g. tok_semseg); --given may then include 0")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the table to this JSON file")
     args = p.parse_args()
@@ -87,18 +104,27 @@ def main() -> None:
     specs = [s for s in model.specs.values() if s.kind == "image" and s.decoder and s.tokenizer in toks]
     if not specs:
         raise SystemExit(f"error: {args.model} has no image-token modality with a tokenizer in {args.tokenizers}")
+    if args.condition is not None and args.condition not in {s.name for s in specs}:
+        raise SystemExit(f"error: --condition {args.condition!r}: allowed: the model's image-token modalities "
+                         f"({', '.join(s.name for s in specs)})")
     batch = render_batch(args.seed, range(args.num_samples), toks[specs[0].tokenizer].config.image_size)
     results: dict = {"model": args.model, "tokenizers": args.tokenizers, "seed": args.seed,
-                     "num_samples": args.num_samples, "mask_seed": args.mask_seed, "given": {}}
-    print(f"hidden-token cross-entropy (nats), {args.num_samples} scenes of seed {args.seed}, {args.model}")
+                     "num_samples": args.num_samples, "mask_seed": args.mask_seed, "condition": args.condition,
+                     "given": {}}
+    encoded = {s.name: toks[s.tokenizer].encode(batch[s.raw_field]) for s in specs}  # (B, h, w) each
+    condition = None if args.condition is None else (args.condition, encoded[args.condition])
+    with_cond = "" if condition is None else f", {args.condition} given whole"
+    print(f"hidden-token cross-entropy (nats), {args.num_samples} scenes of seed {args.seed}{with_cond}, {args.model}")
     print(f"  {'modality':<11} {'given':>5} {'all':>6} {'object':>7} {'background':>11}")
     for spec in specs:  # each with the tokenizer its spec names (tok_rgb may use rgb_gen/)
         name = spec.name
-        tokens = toks[spec.tokenizer].encode(batch[spec.raw_field])  # (B, h, w)
+        if name == args.condition:
+            continue
+        tokens = encoded[name]
         is_object = object_token_mask(batch["semseg"], tuple(tokens.shape[1:]))
         for given in (float(g) for g in args.given.split(",")):
             gen = torch.Generator().manual_seed(args.mask_seed)
-            r = infill_cross_entropy(model, name, tokens, is_object, given, gen)
+            r = infill_cross_entropy(model, name, tokens, is_object, given, gen, condition=condition)
             results["given"].setdefault(str(given), {})[name] = r
             print(f"  {name:<11} {given:>5.0%} {r['all']:>6.2f} {r['object']:>7.2f} {r['background']:>11.2f}")
     results["wall_s"] = time.perf_counter() - t0
