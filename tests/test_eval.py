@@ -185,7 +185,7 @@ def test_result_table_json_and_grid(result, tmp_path):
         assert task in result.scores
         for key, _ in TABLE_METRICS[task]:
             assert key in result.scores[task]["model"] and key in result.scores[task]["tokenizer_bound"]
-    assert "6 scenes, seed 7" in table and "MaskGIT 8 steps" in table and "wall time" in table
+    assert "6 scenes, seed 7" in table and "images: 8 steps; semseg/depth: MaskGIT (cosine)" in table and "rgb: MaskGIT" in table and "wall time" in table
     result.save_json(tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
     assert set(data["tasks"]) == set(TASKS) and data["num_samples"] == 6 and data["seed"] == 7
@@ -244,7 +244,7 @@ def test_rgb_scheme_reaches_the_rgb_target_only(model, tokenizers, monkeypatch):
     roar = run_benchmark(model, tokenizers, seed=7, num_samples=2, tasks="semseg2rgb,rgb2depth", grid_scenes=0,
                          progress=False, decoding=DecodingSettings(rgb_scheme="roar"))
     assert {"tok_rgb": "roar"} in schemes and {"tok_depth": None} in schemes  # depth keeps its default (maskgit)
-    assert "random order (roar)" in roar.decoding_text
+    assert "rgb: random order (roar, linear)" in roar.decoding_text
     with pytest.raises(ValueError, match="rgb_scheme='random'; allowed: maskgit, roar"):
         DecodingSettings(rgb_scheme="random")
 

@@ -135,10 +135,10 @@ class DecodingSettings:
 
     def describe(self) -> str:
         """The settings in one line of words (printed above the table)."""
-        rgb_order = "" if self.rgb_scheme == "maskgit" else ", random order (roar)"
-        return (f"images: MaskGIT {self.image_steps} steps (cosine); semseg/depth temperature {self.dense_temperature:g}; "
-                f"rgb temperature {self.rgb_temperature:g} (linear to 0), CFG {self.rgb_cfg_scale:g}{rgb_order}; "
-                f"caption/det temperature {self.sequence_temperature:g}")
+        rgb_order = "MaskGIT (cosine)" if self.rgb_scheme == "maskgit" else "random order (roar, linear)"
+        return (f"images: {self.image_steps} steps; semseg/depth: MaskGIT (cosine), temperature "
+                f"{self.dense_temperature:g}; rgb: {rgb_order}, temperature {self.rgb_temperature:g} (linear to 0), "
+                f"CFG {self.rgb_cfg_scale:g}; caption/det temperature {self.sequence_temperature:g}")
 
 
 def _modality_names(model: FourM) -> dict[str, str]:
