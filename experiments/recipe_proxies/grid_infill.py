@@ -44,13 +44,8 @@ from fourm.vq.vqvae import ImageTokenizer
 
 def read_split(split_dir: Path, fields: list[str], limit: int | None, batch: int = 512):
     """The split's samples in stored order (the first ``limit``), as lists of up to ``batch``."""
-    chunk = []
-    for sample in itertools.islice(ShardDataset(str(split_dir), fields=fields), limit):
-        chunk.append(sample)
-        if len(chunk) == batch:
-            yield chunk
-            chunk = []
-    if chunk:
+    samples = itertools.islice(ShardDataset(str(split_dir), fields=fields), limit)
+    while chunk := list(itertools.islice(samples, batch)):
         yield chunk
 
 

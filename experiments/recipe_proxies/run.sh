@@ -28,8 +28,8 @@ if [ ! -d "$SET/rgb_gen" ]; then
 fi
 [ -d data/shapes/train ] || "$FOURM" data shapes --out data/shapes/train --num-samples 40000 --seed 0 --workers 2
 [ -d data/shapes/val ] || "$FOURM" data shapes --out data/shapes/val --num-samples 1024 --seed 1
+case " $* " in *" P0 "*) need_p0=1 ;; *) need_p0= ;; esac  # only P0 reads the bundled tokens
 for split in train val; do
-  case " $* " in *" P0 "*) need_p0=1 ;; *) need_p0= ;; esac  # only P0 reads the bundled tokens
   [ -z "$need_p0" ] || [ -d data/shapes_tok/$split ] || "$FOURM" tokenize --input data/shapes/$split --output data/shapes_tok/$split \
       --tokenizers tokenizers/shapes64 --keep rgb --no-progress
   [ -d data/shapes_tok_gen/$split ] || "$FOURM" tokenize --input data/shapes/$split --output data/shapes_tok_gen/$split \
