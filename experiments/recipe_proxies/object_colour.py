@@ -1,0 +1,136 @@
+"""Does a model know an object's colour when it predicts that object's hidden rgb tokens? (issue #15)
+
+    .venv/bin/python experiments/recipe_proxies/object_colour.py models/shapes_bundled --tokenizers tokenizers/shapes64
+
+Generated objects come out many-coloured; the hidden-token cross-entropy of object tokens stays at
+4-6 nats for every model and tokenizer tried. This splits that figure. Each code of the model's rgb
+tokenizer is given a colour: decode a grid of that code alone, take its pixels of HSV saturation
+>= 0.35 (ShapesWorld's backgrounds stay below, its object colours above, whatever the shading),
+and name the palette colour (``COLOURS``) nearest in hue to the most of them; a code with fewer
+than 10% such pixels is colourless. Then, as benchmarks/token_infill.py does (same scenes, same
+masks), a share ``--given`` of each tok_rgb grid is the input and the rest the targets; on the
+hidden tokens whose true code has a colour (object patches) it reports the probability mass the
+model puts on codes of the same colour, of another colour and colourless, and how often the most
+likely code has the right colour. A colour is unique per scene, so the visible patches of the same
+object say which colour it is.
+
+Found (2026-12-08, 256 scenes of seed 1000, given 50% / 90%): mass on the right colour 0.10-0.12
+for every model (the bundled one on `rgb`, P1 and P6 at two lengths on `rgb_gen`), about a sixth of
+the mass they put on coloured codes, that is chance, while the codes themselves carry the patch's
+colour 0.64 (`rgb_gen`) and 0.47 (`rgb`) of the time (decoded alone: the decoders also read
+neighbours); the most likely code has the right colour 0.08-0.20 of the time. Table: experiments/recipe_proxies/README.md ("P6 at the bundled length").
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from fourm.data.shapes_world import COLOURS  # noqa: E402
+from fourm.evaluation.reconstruction import render_batch  # noqa: E402
+from fourm.models import FourM  # noqa: E402
+from fourm.vq.loading import load_tokenizers  # noqa: E402
+
+HUES = np.array([colorsys.rgb_to_hsv(*(np.array(c) / 255.0))[0] for c in COLOURS.values()])
+
+
+def code_colours(tok, vocab: int, grid: tuple[int, int]) -> np.ndarray:
+    """(vocab,) palette index of each code's colour, -1 for a colourless code."""
+    out = np.full(vocab, -1)
+    for lo in range(0, vocab, 64):
+        ids = torch.arange(lo, min(lo + 64, vocab))
+        images = tok.decode(ids[:, None, None].expand(-1, *grid).to(tok.device)).cpu()  # (n, 3, H, W) uint8
+        px = (images.float() / 255.0).permute(0, 2, 3, 1).reshape(len(ids), -1, 3).numpy()
+        for i, p in enumerate(px):
+            mx, mn = p.max(1), p.min(1)
+            sat = (mx - mn) / np.maximum(mx, 1e-6)
+            coloured = p[sat >= 0.35]
+            if len(coloured) < 0.1 * len(p):
+                continue
+            hue = np.array([colorsys.rgb_to_hsv(*c)[0] for c in coloured[:: max(1, len(coloured) // 256)]])
+            d = np.abs(hue[:, None] - HUES[None])
+            nearest = np.minimum(d, 1 - d).argmin(1)
+            out[lo + i] = np.bincount(nearest, minlength=len(HUES)).argmax()
+    return out
+
+
+def patch_colours(images: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """(B, h, w) palette index of each real patch's colour (as ``code_colours`` names a code's), -1 if none."""
+    B, _, H, W = images.shape
+    h, w = grid
+    px = (images.float() / 255.0).reshape(B, 3, h, H // h, w, W // w).permute(0, 2, 4, 3, 5, 1)
+    px = px.reshape(B, h, w, -1, 3).numpy()
+    out = np.full((B, h, w), -1)
+    for idx in np.ndindex(B, h, w):
+        p = px[idx]
+        mx, mn = p.max(1), p.min(1)
+        coloured = p[(mx - mn) / np.maximum(mx, 1e-6) >= 0.35]
+        if len(coloured) < 0.1 * len(p):
+            continue
+        hue = np.array([colorsys.rgb_to_hsv(*c)[0] for c in coloured])
+        d = np.abs(hue[:, None] - HUES[None])
+        out[idx] = np.bincount(np.minimum(d, 1 - d).argmin(1), minlength=len(HUES)).argmax()
+    return out
+
+
+@torch.no_grad()
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model")
+    p.add_argument("--tokenizers", default="tokenizers/shapes64")
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--num-samples", type=int, default=256)
+    p.add_argument("--given", default="0.5,0.9")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = FourM.from_pretrained(args.model).eval()
+    spec = model.specs["tok_rgb"]
+    tok = load_tokenizers(args.tokenizers)[spec.tokenizer]
+    colour_of = torch.as_tensor(code_colours(tok, spec.vocab_size, tuple(spec.grid)))
+    print(f"{args.model} (tok_rgb: {spec.tokenizer}): codes per colour "
+          + ", ".join(f"{n} {int((colour_of == i).sum())}" for i, n in enumerate(COLOURS))
+          + f", colourless {int((colour_of < 0).sum())}")
+    batch = render_batch(args.seed, range(args.num_samples), tok.config.image_size)
+    codes = tok.encode(batch[spec.raw_field])  # (B, h, w)
+    real = torch.as_tensor(patch_colours(batch[spec.raw_field], tuple(codes.shape[1:])))
+    agree = float((colour_of[codes][real >= 0] == real[real >= 0]).float().mean())
+    print(f"  the tokenizer itself: a coloured patch's code has the patch's colour {agree:.3f} of the time "
+          f"({int((real >= 0).sum())} coloured patches)")
+    flat = codes.reshape(args.num_samples, -1)  # (B, L)
+    B, L = flat.shape
+    for given in (float(g) for g in args.given.split(",")):
+        k = round(given * L)
+        gen = torch.Generator().manual_seed(0)  # token_infill's masks
+        order = torch.rand(B, L, generator=gen).argsort(dim=1)
+        is_input = torch.zeros(B, L, dtype=torch.bool).scatter_(1, order[:, :k], True)
+        same = other = none = top = n = 0.0
+        for lo in range(0, B, 64):
+            sl = slice(lo, lo + 64)
+            out = model({"tok_rgb": {"tokens": flat[sl], "is_input": is_input[sl], "is_target": ~is_input[sl]}},
+                        k, L, return_logits=True)
+            pred = out.predictions["tok_rgb"]
+            prob = pred.logits.float().softmax(-1)  # (N, V)
+            truth = colour_of[pred.target_ids]  # (N,)
+            keep = truth >= 0
+            prob, truth = prob[keep], truth[keep]
+            mass = torch.stack([prob[:, colour_of == c].sum(1) for c in range(len(COLOURS))], 1)  # (N, 6)
+            right = mass.gather(1, truth[:, None])[:, 0]
+            same += float(right.sum())
+            other += float((mass.sum(1) - right).sum())
+            none += float(prob[:, colour_of < 0].sum(1).sum())
+            top += float((colour_of[prob.argmax(1)] == truth).sum())
+            n += int(keep.sum())
+        print(f"  given {given:.0%}: {int(n)} hidden coloured tokens; mass on the right colour {same / n:.3f}, "
+              f"another colour {other / n:.3f}, colourless {none / n:.3f}; most likely code's colour right {top / n:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
