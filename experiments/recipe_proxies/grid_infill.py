@@ -20,6 +20,17 @@ encoder) 2.73 / 1.43 / 1.32 / 1.27 / 1.32, where the unified FourM proxy on M's 
 by token: M's background 2.11 -> 0.27 but objects 4.93 -> 4.86 (L: 3.24 -> 1.98 and 5.66 -> 5.55);
 at 1800 steps x 64, M overall 2.50 -> 1.12, background 1.86 -> 0.17, objects 4.81 -> 4.33.
 
+Found (2026-12-08, rgb_gen, `--tokenizer tokenizers/shapes64/rgb_gen --steps 600 --batch 64
+--train-limit 10000`, one thread each; object tokens given 5% / 90%): plain 6.06 / 6.17;
+`--appearance input` (each code's decoded look added to its embedding) 6.04 / 6.14; `--appearance
+both` (outputs scored by it too) 6.06 / 6.12; `--pos-std 0.3` 5.97 / 5.98; `--pos-std 1.0` 5.95 /
+5.93 (overall given 90%: 1.67 / 1.69 / 1.68 / 1.56 / 1.53). Neither telling the model what a code
+looks like nor stronger positions makes it copy an object's colour from its neighbours at this
+budget (experiments/recipe_proxies/object_colour.py: a one-line neighbour rule gets 0.60).
+`--object-weight 5`: objects 5.53 / 5.50 given 5% / 90% (background 3.15 / 0.71); `--object-weight
+20`: 5.50 / 5.42 (background 4.25 / 2.80). Weighting lowers the objects' marginal loss, not what the
+model reads from their neighbours.
+
 The library never imports this file.
 """
 
@@ -69,12 +80,33 @@ def encode_grids(split_dir: Path, tokenizer_dir: Path, limit: int | None) -> tup
     return torch.cat(codes), torch.cat(objects)
 
 
+def code_appearance(tokenizer_dir: Path) -> torch.Tensor:
+    """(vocab, 3 * p * p) each code's look: the centre patch of a grid of that code alone, decoded, in [0, 1]."""
+    tok = ImageTokenizer.from_pretrained(tokenizer_dir)
+    grid = tok.encode(torch.zeros(1, 3, tok.config.image_size, tok.config.image_size, dtype=torch.uint8)).shape[1:]
+    h, w = grid
+    rows = []
+    with torch.no_grad():
+        for lo in range(0, tok.codebook_size, 64):
+            ids = torch.arange(lo, min(lo + 64, tok.codebook_size))
+            im = tok.decode(ids[:, None, None].expand(-1, h, w)).float() / 255.0  # (n, 3, H, W)
+            ph, pw = im.shape[2] // h, im.shape[3] // w
+            rows.append(im[:, :, (h // 2) * ph:(h // 2 + 1) * ph, (w // 2) * pw:(w // 2 + 1) * pw].flatten(1))
+    return torch.cat(rows)
+
+
 class GridInfill(nn.Module):
-    def __init__(self, vocab: int, length: int, dim: int, depth: int, heads: int):
+    def __init__(self, vocab: int, length: int, dim: int, depth: int, heads: int,
+                 appearance: torch.Tensor | None = None, tie_output: bool = False, pos_std: float = 0.02):
         super().__init__()
         self.mask_id = vocab
         self.embed = nn.Embedding(vocab + 1, dim)
-        self.pos = nn.Parameter(torch.randn(1, length, dim) * 0.02)
+        # --appearance: each code's decoded look (a fixed table) through a learned linear map, added to
+        # its learned embedding, so that codes that look alike (one colour) start alike
+        self.register_buffer("appearance", appearance, persistent=False)
+        self.app_in = None if appearance is None else nn.Linear(appearance.shape[1], dim)
+        self.app_out = None if appearance is None or not tie_output else nn.Linear(appearance.shape[1], dim)
+        self.pos = nn.Parameter(torch.randn(1, length, dim) * pos_std)
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True,
                                            norm_first=True, activation="gelu")
         self.blocks = nn.TransformerEncoder(layer, depth)
@@ -83,8 +115,16 @@ class GridInfill(nn.Module):
 
     def forward(self, tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         # tokens, hidden: [B, N]; hidden positions are replaced by the mask token
-        x = self.embed(tokens.masked_fill(hidden, self.mask_id)) + self.pos  # [B, N, D]
-        return self.head(self.norm(self.blocks(x)))  # [B, N, V]
+        shown = tokens.masked_fill(hidden, self.mask_id)
+        x = self.embed(shown) + self.pos  # [B, N, D]
+        if self.app_in is not None:
+            look = self.app_in(self.appearance)  # [V, D]
+            x = x + torch.where(hidden[..., None], torch.zeros_like(x), look[tokens.clamp(max=len(look) - 1)])
+        y = self.norm(self.blocks(x))
+        logits = self.head(y)  # [B, N, V]
+        if self.app_out is not None:  # also score each code by its look
+            logits = logits + y @ self.app_out(self.appearance).T / math.sqrt(y.shape[-1])
+        return logits
 
 
 def draw_hidden(batch: int, length: int, given: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -109,21 +149,34 @@ def main() -> None:
     parser.add_argument("--val-limit", type=int, default=512)
     parser.add_argument("--given", default="0.05,0.3,0.5,0.7,0.9")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--object-weight", type=float, default=1.0,
+                        help="with --tokenizer: loss weight of the tokens whose patch holds an object pixel")
+    parser.add_argument("--pos-std", type=float, default=0.02, help="initial scale of the learned positions "
+                        "(the token embeddings start at 1)")
+    parser.add_argument("--appearance", choices=("none", "input", "both"), default="none",
+                        help="with --tokenizer: add each code's decoded look to its input embedding (input) "
+                             "and also score the outputs by it (both)")
     args = parser.parse_args()
+    if args.appearance != "none" and not args.tokenizer:
+        parser.error("--appearance needs --tokenizer")
 
     torch.manual_seed(args.seed)
     if args.tokenizer:
         vocab = args.vocab or ImageTokenizer.from_pretrained(args.tokenizer).codebook_size
-        train = encode_grids(args.shards / "train", args.tokenizer, args.train_limit)[0]
+        train, train_objects = encode_grids(args.shards / "train", args.tokenizer, args.train_limit)
         val, objects = encode_grids(args.shards / "val", args.tokenizer, args.val_limit)
         print(f"encoded {len(train)} + {len(val)} grids; codes used {len(torch.unique(train))}", flush=True)
     else:
         vocab = args.vocab or read_token_metadata(args.shards / "train")["fields"][args.field]
         train = load_grids(args.shards / "train", args.field, args.train_limit)
         val = load_grids(args.shards / "val", args.field, args.val_limit)
-        objects = None
+        objects = train_objects = None
+    if args.object_weight != 1.0 and train_objects is None:
+        parser.error("--object-weight needs --tokenizer (the object mask comes from the raw shards' semseg)")
     length = train.shape[1]
-    model = GridInfill(vocab, length, args.dim, args.depth, heads=4)
+    look = code_appearance(args.tokenizer) if args.appearance != "none" else None
+    model = GridInfill(vocab, length, args.dim, args.depth, heads=4, appearance=look,
+                       tie_output=args.appearance == "both", pos_std=args.pos_std)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     gen = torch.Generator().manual_seed(args.seed)
     start = time.time()
@@ -135,7 +188,11 @@ def main() -> None:
         tokens = train[idx]
         hidden = draw_hidden(args.batch, length, 0.05 + 0.9 * torch.rand(args.batch, generator=gen), gen)
         logits = model(tokens, hidden)
-        loss = F.cross_entropy(logits[hidden], tokens[hidden])
+        if args.object_weight == 1.0:
+            loss = F.cross_entropy(logits[hidden], tokens[hidden])
+        else:  # object tokens' loss weighted, a weighted mean over the hidden tokens
+            w = 1.0 + (args.object_weight - 1.0) * train_objects[idx][hidden].float()
+            loss = (F.cross_entropy(logits[hidden], tokens[hidden], reduction="none") * w).sum() / w.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -154,6 +211,7 @@ def main() -> None:
                 by_group["object"][share] = ce[hidden & objects].mean().item()
                 by_group["background"][share] = ce[hidden & ~objects].mean().item()
     out = {"shards": str(args.shards), "tokenizer": str(args.tokenizer), "field": args.field, "steps": args.steps,
+           "appearance": args.appearance, "pos_std": args.pos_std, "object_weight": args.object_weight,
            "train_grids": len(train), "hidden_ce_given": row}
     if objects is not None:
         out["hidden_ce_given_by_group"] = by_group
