@@ -23,7 +23,10 @@ read the neighbours; all 107 interior patches of 512 scenes, checked once, got t
 interior code), and the neighbour rule (the commonest colour among the visible coloured
 neighbours, no model) is right 0.61 / 0.60 of the time on `rgb_gen` (0.35 / 0.37 on `rgb`); a count
 table P(code | left code) from 2,000 other scenes puts 0.43 of its mass on the right colour and 0.26
-on others (`rgb`: 0.20 / 0.35), where the models put 0.12 / 0.60. The models do not learn to copy a colour from a neighbour.
+on others (`rgb`: 0.20 / 0.35), where the models put 0.12 / 0.60. Given only the left neighbour's
+code, P6 stage 1 puts 0.04 / 0.20 on the right / other colours (the same code moved to a far
+corner: 0.10 / 0.46): exactly the chance ratio, so the neighbour's colour does not reach its
+prediction at all. The models do not learn to copy a colour from a neighbour.
 Table: experiments/recipe_proxies/README.md ("P6 at the bundled length").
 """
 from __future__ import annotations
@@ -118,6 +121,29 @@ def left_table_colour(tok, colour_of: torch.Tensor, vocab: int, table_codes: tor
 
 
 @torch.no_grad()
+def single_neighbour(model: FourM, colour_of: torch.Tensor, codes: torch.Tensor, far: bool) -> tuple[float, float, int]:
+    """The model's mass on the right / another colour for a coloured code whose only input is its coloured
+    left neighbour's code: in place, or (``far``) moved to a far corner of the grid. codes: (B, h, w)."""
+    B, h, w = codes.shape
+    b, i, j = torch.nonzero((colour_of[codes[:, :, 1:]] >= 0) & (colour_of[codes[:, :, :-1]] >= 0), as_tuple=True)
+    j = j + 1  # the coded patch; its left neighbour is j - 1
+    src_i, src_j = (h - 1 - i, torch.where(j > w // 2, 0, w - 1)) if far else (i, j - 1)
+    n = len(b)
+    tokens = codes[b].reshape(n, -1).clone()
+    tokens[torch.arange(n), src_i * w + src_j] = codes[b, i, j - 1]
+    is_input = torch.zeros(n, h * w, dtype=torch.bool)
+    is_input[torch.arange(n), src_i * w + src_j] = True
+    is_target = torch.zeros_like(is_input)
+    is_target[torch.arange(n), i * w + j] = True
+    pred = model({"tok_rgb": {"tokens": tokens, "is_input": is_input, "is_target": is_target}}, 1, 1,
+                 return_logits=True).predictions["tok_rgb"]
+    prob, truth = pred.logits.float().softmax(-1), colour_of[pred.target_ids]
+    same = (prob * (colour_of[None] == truth[:, None])).sum(1)
+    other = (prob * ((colour_of[None] >= 0) & (colour_of[None] != truth[:, None]))).sum(1)
+    return float(same.mean()), float(other.mean()), n
+
+
+@torch.no_grad()
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model")
@@ -148,6 +174,11 @@ def main() -> None:
     same, other, n = left_table_colour(tok, colour_of, spec.vocab_size, table_codes.long(), codes.long())
     print(f"  a count table P(code | left code) from {args.table_scenes} other scenes: mass on the right colour "
           f"{same:.3f}, another colour {other:.3f} ({n} coloured codes with a coloured left neighbour)")
+    for far in (False, True):
+        same, other, n = single_neighbour(model, colour_of, codes.long(), far)
+        where = "moved to a far corner" if far else "in place"
+        print(f"  the left neighbour's code alone as input, {where}: mass on the right colour {same:.3f}, "
+              f"another colour {other:.3f} ({n} codes)")
     flat = codes.reshape(args.num_samples, -1)  # (B, L)
     B, L = flat.shape
     for given in (float(g) for g in args.given.split(",")):
