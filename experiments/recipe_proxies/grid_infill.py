@@ -30,6 +30,14 @@ budget (experiments/recipe_proxies/object_colour.py: a one-line neighbour rule g
 `--object-weight 5`: objects 5.53 / 5.50 given 5% / 90% (background 3.15 / 0.71); `--object-weight
 20`: 5.50 / 5.42 (background 4.25 / 2.80). Weighting lowers the objects' marginal loss, not what the
 model reads from their neighbours.
+Locality is what is missing: on scenes with one object each (`WorldConfig(min_objects=1,
+max_objects=1)`, 10,000 + 512 scenes of seeds 0 / 1) the plain model's object tokens get *worse*
+with context, 6.84 given 5% -> 7.22 given 90% (above uniform: it calls a hidden object patch
+background the more confidently the more it sees), while `--local-mix` (a 3 x 3 convolution over
+the embedded grid before the blocks) gives 6.87 -> 5.78 (background 0.21 -> 0.09 given 90%); on the
+usual scenes `--local-mix` gives objects 5.97 -> 5.29 (plain 6.06 -> 6.17), background 0.18 (0.34).
+The transformers learn the scene-wide context (the background's colours) and, at these budgets, not
+which patches neighbour the one they predict.
 
 The library never imports this file.
 """
@@ -97,7 +105,8 @@ def code_appearance(tokenizer_dir: Path) -> torch.Tensor:
 
 class GridInfill(nn.Module):
     def __init__(self, vocab: int, length: int, dim: int, depth: int, heads: int,
-                 appearance: torch.Tensor | None = None, tie_output: bool = False, pos_std: float = 0.02):
+                 appearance: torch.Tensor | None = None, tie_output: bool = False, pos_std: float = 0.02,
+                 local_mix: bool = False):
         super().__init__()
         self.mask_id = vocab
         self.embed = nn.Embedding(vocab + 1, dim)
@@ -107,6 +116,11 @@ class GridInfill(nn.Module):
         self.app_in = None if appearance is None else nn.Linear(appearance.shape[1], dim)
         self.app_out = None if appearance is None or not tie_output else nn.Linear(appearance.shape[1], dim)
         self.pos = nn.Parameter(torch.randn(1, length, dim) * pos_std)
+        # --local-mix: a 3 x 3 convolution over the embedded grid before the blocks, so that each
+        # position starts with its neighbours' codes (a square grid)
+        side = math.isqrt(length)
+        self.local = nn.Conv2d(dim, dim, 3, padding=1) if local_mix else None
+        self.side = side
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True,
                                            norm_first=True, activation="gelu")
         self.blocks = nn.TransformerEncoder(layer, depth)
@@ -120,6 +134,10 @@ class GridInfill(nn.Module):
         if self.app_in is not None:
             look = self.app_in(self.appearance)  # [V, D]
             x = x + torch.where(hidden[..., None], torch.zeros_like(x), look[tokens.clamp(max=len(look) - 1)])
+        if self.local is not None:
+            B, N, D = x.shape
+            grid = x.transpose(1, 2).reshape(B, D, self.side, self.side)
+            x = x + self.local(grid).reshape(B, D, N).transpose(1, 2)
         y = self.norm(self.blocks(x))
         logits = self.head(y)  # [B, N, V]
         if self.app_out is not None:  # also score each code by its look
@@ -151,6 +169,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--object-weight", type=float, default=1.0,
                         help="with --tokenizer: loss weight of the tokens whose patch holds an object pixel")
+    parser.add_argument("--local-mix", action="store_true", help="a 3 x 3 convolution over the embedded grid "
+                        "before the transformer blocks")
     parser.add_argument("--pos-std", type=float, default=0.02, help="initial scale of the learned positions "
                         "(the token embeddings start at 1)")
     parser.add_argument("--appearance", choices=("none", "input", "both"), default="none",
@@ -176,7 +196,8 @@ def main() -> None:
     length = train.shape[1]
     look = code_appearance(args.tokenizer) if args.appearance != "none" else None
     model = GridInfill(vocab, length, args.dim, args.depth, heads=4, appearance=look,
-                       tie_output=args.appearance == "both", pos_std=args.pos_std)
+                       tie_output=args.appearance == "both", pos_std=args.pos_std,
+                       local_mix=args.local_mix)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     gen = torch.Generator().manual_seed(args.seed)
     start = time.time()
@@ -211,7 +232,7 @@ def main() -> None:
                 by_group["object"][share] = ce[hidden & objects].mean().item()
                 by_group["background"][share] = ce[hidden & ~objects].mean().item()
     out = {"shards": str(args.shards), "tokenizer": str(args.tokenizer), "field": args.field, "steps": args.steps,
-           "appearance": args.appearance, "pos_std": args.pos_std, "object_weight": args.object_weight,
+           "appearance": args.appearance, "pos_std": args.pos_std, "object_weight": args.object_weight, "local_mix": args.local_mix,
            "train_grids": len(train), "hidden_ce_given": row}
     if objects is not None:
         out["hidden_ce_given_by_group"] = by_group
