@@ -50,43 +50,46 @@ from fourm.vq.loading import load_tokenizers  # noqa: E402
 HUES = np.array([colorsys.rgb_to_hsv(*(np.array(c) / 255.0))[0] for c in COLOURS.values()])
 
 
+def pixels_colour(p: np.ndarray) -> int:
+    """Palette index of a patch's colour from its (n, 3) pixels in [0, 1]: the palette hue nearest to the
+    most of its pixels of saturation >= 0.35; -1 when fewer than 10% of its pixels are that saturated."""
+    mx, mn = p.max(1), p.min(1)
+    coloured = p[(mx - mn) / np.maximum(mx, 1e-6) >= 0.35]
+    if len(coloured) < 0.1 * len(p):
+        return -1
+    hue = np.array([colorsys.rgb_to_hsv(*c)[0] for c in coloured[:: max(1, len(coloured) // 256)]])
+    d = np.abs(hue[:, None] - HUES[None])
+    return int(np.bincount(np.minimum(d, 1 - d).argmin(1), minlength=len(HUES)).argmax())
+
+
 def code_colours(tok, vocab: int, grid: tuple[int, int]) -> np.ndarray:
-    """(vocab,) palette index of each code's colour, -1 for a colourless code."""
+    """(vocab,) palette index of each code's colour (a grid of that code alone, decoded), -1 for none."""
     out = np.full(vocab, -1)
     for lo in range(0, vocab, 64):
         ids = torch.arange(lo, min(lo + 64, vocab))
         images = tok.decode(ids[:, None, None].expand(-1, *grid).to(tok.device)).cpu()  # (n, 3, H, W) uint8
         px = (images.float() / 255.0).permute(0, 2, 3, 1).reshape(len(ids), -1, 3).numpy()
-        for i, p in enumerate(px):
-            mx, mn = p.max(1), p.min(1)
-            sat = (mx - mn) / np.maximum(mx, 1e-6)
-            coloured = p[sat >= 0.35]
-            if len(coloured) < 0.1 * len(p):
-                continue
-            hue = np.array([colorsys.rgb_to_hsv(*c)[0] for c in coloured[:: max(1, len(coloured) // 256)]])
-            d = np.abs(hue[:, None] - HUES[None])
-            nearest = np.minimum(d, 1 - d).argmin(1)
-            out[lo + i] = np.bincount(nearest, minlength=len(HUES)).argmax()
+        out[lo:lo + len(ids)] = [pixels_colour(p) for p in px]
     return out
 
 
 def patch_colours(images: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
-    """(B, h, w) palette index of each real patch's colour (as ``code_colours`` names a code's), -1 if none."""
+    """(B, h, w) palette index of each real patch's colour, -1 if none. images: (B, 3, H, W) uint8."""
     B, _, H, W = images.shape
     h, w = grid
     px = (images.float() / 255.0).reshape(B, 3, h, H // h, w, W // w).permute(0, 2, 4, 3, 5, 1)
     px = px.reshape(B, h, w, -1, 3).numpy()
     out = np.full((B, h, w), -1)
     for idx in np.ndindex(B, h, w):
-        p = px[idx]
-        mx, mn = p.max(1), p.min(1)
-        coloured = p[(mx - mn) / np.maximum(mx, 1e-6) >= 0.35]
-        if len(coloured) < 0.1 * len(p):
-            continue
-        hue = np.array([colorsys.rgb_to_hsv(*c)[0] for c in coloured])
-        d = np.abs(hue[:, None] - HUES[None])
-        out[idx] = np.bincount(np.minimum(d, 1 - d).argmin(1), minlength=len(HUES)).argmax()
+        out[idx] = pixels_colour(px[idx])
     return out
+
+
+def colour_mass(prob: torch.Tensor, colour_of: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``prob`` (n, V): the mass on codes of colour ``truth`` (n,) and on codes of another colour."""
+    same = (prob * (colour_of[None] == truth[:, None])).sum(1)
+    other = (prob * ((colour_of[None] >= 0) & (colour_of[None] != truth[:, None]))).sum(1)
+    return same, other
 
 
 def neighbour_rule(labels: torch.Tensor, visible: torch.Tensor) -> tuple[float, int]:
@@ -103,7 +106,7 @@ def neighbour_rule(labels: torch.Tensor, visible: torch.Tensor) -> tuple[float, 
     return right / max(n, 1), n
 
 
-def left_table_colour(tok, colour_of: torch.Tensor, vocab: int, table_codes: torch.Tensor,
+def left_table_colour(colour_of: torch.Tensor, vocab: int, table_codes: torch.Tensor,
                       codes: torch.Tensor) -> tuple[float, float, int]:
     """A count table P(code | left neighbour's code) fitted on ``table_codes`` (other scenes): its mass
     on the right colour and on another colour, for the coloured codes of ``codes`` with a coloured left
@@ -115,8 +118,7 @@ def left_table_colour(tok, colour_of: torch.Tensor, vocab: int, table_codes: tor
     left, this = codes[:, :, :-1].reshape(-1), codes[:, :, 1:].reshape(-1)
     keep = (colour_of[left] >= 0) & (colour_of[this] >= 0)
     probs, truth = table[left[keep]], colour_of[this[keep]]  # (n, V), (n,)
-    same = (probs * (colour_of[None] == truth[:, None])).sum(1)
-    other = (probs * ((colour_of[None] >= 0) & (colour_of[None] != truth[:, None]))).sum(1)
+    same, other = colour_mass(probs, colour_of, truth)
     return float(same.mean()), float(other.mean()), int(keep.sum())
 
 
@@ -138,8 +140,7 @@ def single_neighbour(model: FourM, colour_of: torch.Tensor, codes: torch.Tensor,
     pred = model({"tok_rgb": {"tokens": tokens, "is_input": is_input, "is_target": is_target}}, 1, 1,
                  return_logits=True).predictions["tok_rgb"]
     prob, truth = pred.logits.float().softmax(-1), colour_of[pred.target_ids]
-    same = (prob * (colour_of[None] == truth[:, None])).sum(1)
-    other = (prob * ((colour_of[None] >= 0) & (colour_of[None] != truth[:, None]))).sum(1)
+    same, other = colour_mass(prob, colour_of, truth)
     return float(same.mean()), float(other.mean()), n
 
 
@@ -171,7 +172,7 @@ def main() -> None:
     table_codes = torch.cat([tok.encode(render_batch(7, range(lo, min(lo + 250, args.table_scenes)),
                                                      tok.config.image_size)[spec.raw_field])
                              for lo in range(0, args.table_scenes, 250)])
-    same, other, n = left_table_colour(tok, colour_of, spec.vocab_size, table_codes.long(), codes.long())
+    same, other, n = left_table_colour(colour_of, spec.vocab_size, table_codes.long(), codes.long())
     print(f"  a count table P(code | left code) from {args.table_scenes} other scenes: mass on the right colour "
           f"{same:.3f}, another colour {other:.3f} ({n} coloured codes with a coloured left neighbour)")
     for far in (False, True):
@@ -196,10 +197,9 @@ def main() -> None:
             truth = colour_of[pred.target_ids]  # (N,)
             keep = truth >= 0
             prob, truth = prob[keep], truth[keep]
-            mass = torch.stack([prob[:, colour_of == c].sum(1) for c in range(len(COLOURS))], 1)  # (N, 6)
-            right = mass.gather(1, truth[:, None])[:, 0]
+            right, wrong = colour_mass(prob, colour_of, truth)
             same += float(right.sum())
-            other += float((mass.sum(1) - right).sum())
+            other += float(wrong.sum())
             none += float(prob[:, colour_of < 0].sum(1).sum())
             top += float((colour_of[prob.argmax(1)] == truth).sum())
             n += int(keep.sum())
