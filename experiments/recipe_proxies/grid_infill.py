@@ -38,6 +38,9 @@ the embedded grid before the blocks) gives 6.87 -> 5.78 (background 0.21 -> 0.09
 usual scenes `--local-mix` gives objects 5.97 -> 5.29 (plain 6.06 -> 6.17), background 0.18 (0.34).
 The transformers learn the scene-wide context (the background's colours) and, at these budgets, not
 which patches neighbour the one they predict.
+`--distance-bias 1.0` (every attention score minus the grid distance of its two positions, no
+parameters, the form SDPA takes as an additive mask) gives most of that: one-object scenes 6.90 ->
+6.04, usual scenes 6.01 -> 5.49 (background 0.30 given 90%).
 
 The library never imports this file.
 """
@@ -106,7 +109,7 @@ def code_appearance(tokenizer_dir: Path) -> torch.Tensor:
 class GridInfill(nn.Module):
     def __init__(self, vocab: int, length: int, dim: int, depth: int, heads: int,
                  appearance: torch.Tensor | None = None, tie_output: bool = False, pos_std: float = 0.02,
-                 local_mix: bool = False):
+                 local_mix: bool = False, distance_bias: float = 0.0):
         super().__init__()
         self.mask_id = vocab
         self.embed = nn.Embedding(vocab + 1, dim)
@@ -121,6 +124,11 @@ class GridInfill(nn.Module):
         side = math.isqrt(length)
         self.local = nn.Conv2d(dim, dim, 3, padding=1) if local_mix else None
         self.side = side
+        # --distance-bias: every attention score minus slope x the grid distance of its two positions
+        # (a fixed 2D ALiBi, the same in every head and block)
+        rows, cols = torch.arange(length) // side, torch.arange(length) % side
+        dist = ((rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2).float().sqrt()
+        self.register_buffer("bias", -distance_bias * dist if distance_bias else None, persistent=False)
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True,
                                            norm_first=True, activation="gelu")
         self.blocks = nn.TransformerEncoder(layer, depth)
@@ -138,7 +146,7 @@ class GridInfill(nn.Module):
             B, N, D = x.shape
             grid = x.transpose(1, 2).reshape(B, D, self.side, self.side)
             x = x + self.local(grid).reshape(B, D, N).transpose(1, 2)
-        y = self.norm(self.blocks(x))
+        y = self.norm(self.blocks(x, mask=self.bias))
         logits = self.head(y)  # [B, N, V]
         if self.app_out is not None:  # also score each code by its look
             logits = logits + y @ self.app_out(self.appearance).T / math.sqrt(y.shape[-1])
@@ -171,6 +179,8 @@ def main() -> None:
                         help="with --tokenizer: loss weight of the tokens whose patch holds an object pixel")
     parser.add_argument("--local-mix", action="store_true", help="a 3 x 3 convolution over the embedded grid "
                         "before the transformer blocks")
+    parser.add_argument("--distance-bias", type=float, default=0.0, help="subtract this slope x the grid "
+                        "distance of two positions from their attention scores (a fixed 2D ALiBi)")
     parser.add_argument("--pos-std", type=float, default=0.02, help="initial scale of the learned positions "
                         "(the token embeddings start at 1)")
     parser.add_argument("--appearance", choices=("none", "input", "both"), default="none",
@@ -181,6 +191,8 @@ def main() -> None:
         parser.error("--appearance needs --tokenizer")
 
     torch.manual_seed(args.seed)
+    # PyTorch's fast path of TransformerEncoder (eval mode) would read a float attention mask as a bool one
+    torch.backends.mha.set_fastpath_enabled(False)
     if args.tokenizer:
         vocab = args.vocab or ImageTokenizer.from_pretrained(args.tokenizer).codebook_size
         train, train_objects = encode_grids(args.shards / "train", args.tokenizer, args.train_limit)
@@ -197,7 +209,7 @@ def main() -> None:
     look = code_appearance(args.tokenizer) if args.appearance != "none" else None
     model = GridInfill(vocab, length, args.dim, args.depth, heads=4, appearance=look,
                        tie_output=args.appearance == "both", pos_std=args.pos_std,
-                       local_mix=args.local_mix)
+                       local_mix=args.local_mix, distance_bias=args.distance_bias)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     gen = torch.Generator().manual_seed(args.seed)
     start = time.time()
@@ -232,7 +244,7 @@ def main() -> None:
                 by_group["object"][share] = ce[hidden & objects].mean().item()
                 by_group["background"][share] = ce[hidden & ~objects].mean().item()
     out = {"shards": str(args.shards), "tokenizer": str(args.tokenizer), "field": args.field, "steps": args.steps,
-           "appearance": args.appearance, "pos_std": args.pos_std, "object_weight": args.object_weight, "local_mix": args.local_mix,
+           "appearance": args.appearance, "pos_std": args.pos_std, "object_weight": args.object_weight, "local_mix": args.local_mix, "distance_bias": args.distance_bias,
            "train_grids": len(train), "hidden_ce_given": row}
     if objects is not None:
         out["hidden_ce_given_by_group"] = by_group
