@@ -191,7 +191,8 @@ def main() -> None:
         parser.error("--appearance needs --tokenizer")
 
     torch.manual_seed(args.seed)
-    # PyTorch's fast path of TransformerEncoder (eval mode) would read a float attention mask as a bool one
+    # TransformerEncoder's eval-mode fast path with --distance-bias's float mask gave context-free
+    # predictions (4.8 nats at every share while training went well); without it eval matches training
     torch.backends.mha.set_fastpath_enabled(False)
     if args.tokenizer:
         vocab = args.vocab or ImageTokenizer.from_pretrained(args.tokenizer).codebook_size
