@@ -72,13 +72,19 @@ def val_loss_at(run: Path, step: int, modality: str) -> float | None:
     return vals[-1].get(f"loss/{modality}") if vals else None
 
 
+_INFILL_SCENES: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # tokenizer -> (codes, is_object)
+
+
 def hidden_tok_rgb(model, tokenizers: dict, args: argparse.Namespace) -> float:
-    """token_infill's cross-entropy of the hidden tok_rgb tokens given 90% of the grid (mask seed 0)."""
+    """token_infill's cross-entropy of the hidden tok_rgb tokens given 90% of the grid (mask seed 0).
+    The held-out scenes are rendered and encoded once per tokenizer, not once per checkpoint."""
     spec = model.specs["tok_rgb"]
-    tok = tokenizers[spec.tokenizer]
-    batch = render_batch(args.seeds[0], range(args.infill_samples), tok.config.image_size)
-    tokens = tok.encode(batch[spec.raw_field])
-    is_object = object_token_mask(batch["semseg"], tuple(tokens.shape[1:]))
+    if spec.tokenizer not in _INFILL_SCENES:
+        tok = tokenizers[spec.tokenizer]
+        batch = render_batch(args.seeds[0], range(args.infill_samples), tok.config.image_size)
+        codes = tok.encode(batch[spec.raw_field])
+        _INFILL_SCENES[spec.tokenizer] = codes, object_token_mask(batch["semseg"], tuple(codes.shape[1:]))
+    tokens, is_object = _INFILL_SCENES[spec.tokenizer]
     return infill_cross_entropy(model, "tok_rgb", tokens, is_object, 0.9, torch.Generator().manual_seed(0))["all"]
 
 

@@ -33,7 +33,6 @@ neighbours, its colour still does not.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -46,8 +45,8 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from grid_infill import load_grids  # noqa: E402
-from object_colour import code_colours, colour_mass  # noqa: E402
+from grid_infill import load_grids, warmup_cosine  # noqa: E402
+from object_colour import code_colours, colour_masses_given  # noqa: E402
 from token_infill import infill_cross_entropy  # noqa: E402
 
 from fourm.evaluation.reconstruction import render_batch  # noqa: E402
@@ -114,9 +113,8 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     start = time.time()
     for step in range(args.steps):
-        lr = 2e-3 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = warmup_cosine(step, args.steps, 2e-3, 50)
         tokens = train[torch.randint(len(train), (args.batch,), generator=gen)]
         k = int(round((0.05 + 0.9 * float(torch.rand(1, generator=gen))) * L))
         order = torch.rand(args.batch, L, generator=gen).argsort(1)
@@ -139,17 +137,9 @@ def main() -> None:
             r = infill_cross_entropy(model, "tok_rgb", codes, is_object, given, torch.Generator().manual_seed(0))
             print(f"slope {args.slope}: given {given:.0%}: all {r['all']:.2f} object {r['object']:.2f} "
                   f"background {r['background']:.2f}", flush=True)
-        k = round(0.9 * L)
-        order = torch.rand(len(codes), L, generator=torch.Generator().manual_seed(0)).argsort(dim=1)
-        is_input = torch.zeros(len(codes), L, dtype=torch.bool).scatter_(1, order[:, :k], True)
-        flat = codes.reshape(len(codes), -1)
-        pred = model({"tok_rgb": {"tokens": flat, "is_input": is_input, "is_target": ~is_input}}, k, L - k,
-                     return_logits=True).predictions["tok_rgb"]
-        truth = colour_of[pred.target_ids]
-        keep = truth >= 0
-        same, other = colour_mass(pred.logits.float().softmax(-1)[keep], colour_of, truth[keep])
-        print(f"slope {args.slope}: given 90%: mass on the right colour {float(same.mean()):.3f}, another colour "
-              f"{float(other.mean()):.3f} ({int(keep.sum())} hidden coloured tokens)")
+        m = colour_masses_given(model, codes.reshape(len(codes), -1), colour_of, 0.9)
+        print(f"slope {args.slope}: given 90%: mass on the right colour {m['right']:.3f}, another colour "
+              f"{m['other']:.3f} ({m['n']} hidden coloured tokens)")
 
 
 if __name__ == "__main__":

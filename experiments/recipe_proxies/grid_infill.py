@@ -153,6 +153,11 @@ class GridInfill(nn.Module):
         return logits
 
 
+def warmup_cosine(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Learning rate of ``step``: linear warmup over ``warmup`` steps, then cosine to 0 at ``steps``."""
+    return peak * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
 def draw_hidden(batch: int, length: int, given: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     # given: [B] share of the grid given; returns hidden [B, N] with at least one hidden token
     num_given = (given * length).round().clamp(1, length - 1).long()
@@ -215,9 +220,8 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     start = time.time()
     for step in range(args.steps):
-        lr = 1e-3 * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = warmup_cosine(step, args.steps, 1e-3, 100)
         idx = torch.randint(len(train), (args.batch,), generator=gen)
         tokens = train[idx]
         hidden = draw_hidden(args.batch, length, 0.05 + 0.9 * torch.rand(args.batch, generator=gen), gen)

@@ -145,6 +145,33 @@ def single_neighbour(model: FourM, colour_of: torch.Tensor, codes: torch.Tensor,
 
 
 @torch.no_grad()
+def colour_masses_given(model: FourM, flat: torch.Tensor, colour_of: torch.Tensor, given: float) -> dict:
+    """With ``given`` of each tok_rgb grid ``flat`` (B, L) as input (token_infill's masks, seed 0), the
+    model's mean mass on the right colour, another colour and colourless codes, and how often its
+    most likely code has the right colour, over the hidden tokens whose true code has a colour."""
+    B, L = flat.shape
+    k = round(given * L)
+    order = torch.rand(B, L, generator=torch.Generator().manual_seed(0)).argsort(dim=1)
+    is_input = torch.zeros(B, L, dtype=torch.bool).scatter_(1, order[:, :k], True)
+    same = other = none = top = n = 0.0
+    for lo in range(0, B, 64):
+        sl = slice(lo, lo + 64)
+        pred = model({"tok_rgb": {"tokens": flat[sl], "is_input": is_input[sl], "is_target": ~is_input[sl]}},
+                     k, L, return_logits=True).predictions["tok_rgb"]
+        truth = colour_of[pred.target_ids]  # (N,)
+        keep = truth >= 0
+        prob, truth = pred.logits.float().softmax(-1)[keep], truth[keep]  # (n, V), (n,)
+        right, wrong = colour_mass(prob, colour_of, truth)
+        same += float(right.sum())
+        other += float(wrong.sum())
+        none += float(prob[:, colour_of < 0].sum(1).sum())
+        top += float((colour_of[prob.argmax(1)] == truth).sum())
+        n += int(keep.sum())
+    return {"right": same / n, "other": other / n, "none": none / n, "top": top / n, "n": int(n),
+            "is_input": is_input}
+
+
+@torch.no_grad()
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model")
@@ -181,32 +208,12 @@ def main() -> None:
         print(f"  the left neighbour's code alone as input, {where}: mass on the right colour {same:.3f}, "
               f"another colour {other:.3f} ({n} codes)")
     flat = codes.reshape(args.num_samples, -1)  # (B, L)
-    B, L = flat.shape
     for given in (float(g) for g in args.given.split(",")):
-        k = round(given * L)
-        gen = torch.Generator().manual_seed(0)  # token_infill's masks
-        order = torch.rand(B, L, generator=gen).argsort(dim=1)
-        is_input = torch.zeros(B, L, dtype=torch.bool).scatter_(1, order[:, :k], True)
-        same = other = none = top = n = 0.0
-        for lo in range(0, B, 64):
-            sl = slice(lo, lo + 64)
-            out = model({"tok_rgb": {"tokens": flat[sl], "is_input": is_input[sl], "is_target": ~is_input[sl]}},
-                        k, L, return_logits=True)
-            pred = out.predictions["tok_rgb"]
-            prob = pred.logits.float().softmax(-1)  # (N, V)
-            truth = colour_of[pred.target_ids]  # (N,)
-            keep = truth >= 0
-            prob, truth = prob[keep], truth[keep]
-            right, wrong = colour_mass(prob, colour_of, truth)
-            same += float(right.sum())
-            other += float(wrong.sum())
-            none += float(prob[:, colour_of < 0].sum(1).sum())
-            top += float((colour_of[prob.argmax(1)] == truth).sum())
-            n += int(keep.sum())
-        rule_right, rule_n = neighbour_rule(colour_of[flat].reshape(codes.shape), is_input.reshape(codes.shape))
-        print(f"  given {given:.0%}: {int(n)} hidden coloured tokens; mass on the right colour {same / n:.3f}, "
-              f"another colour {other / n:.3f}, colourless {none / n:.3f}; most likely code's colour right {top / n:.3f}"
-              f"; the neighbour rule right {rule_right:.3f} (on {rule_n})")
+        m = colour_masses_given(model, flat, colour_of, given)
+        rule_right, rule_n = neighbour_rule(colour_of[flat].reshape(codes.shape), m["is_input"].reshape(codes.shape))
+        print(f"  given {given:.0%}: {m['n']} hidden coloured tokens; mass on the right colour {m['right']:.3f}, "
+              f"another colour {m['other']:.3f}, colourless {m['none']:.3f}; most likely code's colour right "
+              f"{m['top']:.3f}; the neighbour rule right {rule_right:.3f} (on {rule_n})")
 
 
 if __name__ == "__main__":
